@@ -1,0 +1,708 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The C wire core: the per-packet DNS path.
+
+Mirrors ``_wire_py.py`` function for function: same signatures, same values, same
+``WireError`` reasons. Every read is bounds-checked against the message length by
+hand (the directives above turn Cython's own checks off), so change the two
+files together and run the shared corpus.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.string cimport memcpy, memset
+
+from dotproxy.errors import WireError
+
+cdef extern from *:
+    """
+    #define DP_NO_TTL 0xFFFFFFFFu  /* "none seen": above any effective TTL */
+    #define DP_MAX_TTL 0x7FFFFFFFu
+    """
+    const uint32_t NO_TTL "DP_NO_TTL"
+    const uint32_t MAX_TTL "DP_MAX_TTL"
+
+cdef enum:
+    TYPE_SOA = 6
+    TYPE_OPT = 41
+    OPT_PADDING = 12
+    OPT_EDE = 15
+    RCODE_NOERROR = 0
+    RCODE_NXDOMAIN = 3
+    EDNS_UDP_SIZE = 1232  # what we advertise in OPT records we write (DNS flag day 2020)
+    SECTION_ADDITIONAL = 3
+
+
+# Byte classes for presentation text, as dnspython writes names:
+# 0 = literal, 1 = backslash + the byte, 2 = \DDD.
+cdef uint8_t BYTE_CLASS[256]
+
+
+cdef void _init_byte_class():
+    cdef int b
+    for b in range(256):
+        if b in b'"().;\\@$':
+            BYTE_CLASS[b] = 1
+        elif 0x21 <= b <= 0x7E:
+            BYTE_CLASS[b] = 0
+        else:
+            BYTE_CLASS[b] = 2
+
+
+_init_byte_class()
+
+
+cdef class Edns:
+    """The EDNS(0) OPT record of a message."""
+
+    cdef readonly int udp_size
+    cdef readonly bint do
+    cdef readonly int version
+    cdef readonly list options
+
+    def __init__(self, int udp_size, bint do, int version, list options):
+        self.udp_size = udp_size
+        self.do = do
+        self.version = version
+        self.options = options
+
+    def __repr__(self):
+        return (
+            f"Edns(udp_size={self.udp_size}, do={self.do}, "
+            f"version={self.version}, options={self.options!r})"
+        )
+
+
+cdef class Query:
+    """What the forwarder needs to know of a query, read in one pass."""
+
+    cdef readonly int id
+    cdef readonly int opcode
+    cdef readonly bint rd
+    cdef readonly bint cd
+    cdef readonly bint ad
+    cdef readonly bytes qname_wire
+    cdef readonly int qtype
+    cdef readonly int qclass
+    cdef readonly object edns
+    cdef object _qname
+
+    @property
+    def qname(self):
+        # Built on first use: the forwarding path needs only qname_wire.
+        if self._qname is None:
+            self._qname = _name_text(self.qname_wire)
+        return self._qname
+
+    def __repr__(self):
+        return (
+            f"Query(id={self.id}, qname={self.qname!r}, qtype={self.qtype}, "
+            f"qclass={self.qclass}, rd={self.rd}, cd={self.cd}, ad={self.ad}, "
+            f"opcode={self.opcode}, edns={self.edns!r})"
+        )
+
+
+cdef class ResponseInfo:
+    """What the forwarder needs to know of a response, read in one pass."""
+
+    cdef readonly int id
+    cdef readonly int rcode
+    cdef readonly bint tc
+    cdef readonly bint aa
+    cdef readonly bint ra
+    cdef readonly bint ad
+    cdef readonly object qname
+    cdef readonly object qtype
+    cdef readonly object qclass
+    cdef readonly int qdcount
+    cdef readonly int ancount
+    cdef readonly int nscount
+    cdef readonly int arcount
+    cdef readonly object min_ttl
+
+    def __repr__(self):
+        return (
+            f"ResponseInfo(id={self.id}, rcode={self.rcode}, qname={self.qname!r}, "
+            f"qtype={self.qtype}, counts=({self.qdcount}, {self.ancount}, "
+            f"{self.nscount}, {self.arcount}), tc={self.tc}, min_ttl={self.min_ttl})"
+        )
+
+
+# ------------------------------------------------------------------ helpers
+
+
+cdef inline uint16_t _u16(const uint8_t* p) noexcept nogil:
+    return (p[0] << 8) | p[1]
+
+
+cdef inline uint32_t _u32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline void _put16(uint8_t* p, uint16_t v) noexcept nogil:
+    p[0] = v >> 8
+    p[1] = v & 0xFF
+
+
+cdef inline void _put32(uint8_t* p, uint32_t v) noexcept nogil:
+    p[0] = v >> 24
+    p[1] = (v >> 16) & 0xFF
+    p[2] = (v >> 8) & 0xFF
+    p[3] = v & 0xFF
+
+
+cdef int _fail(str reason) except -1:
+    raise WireError(reason)
+
+
+cdef bytes _as_bytes(object data):
+    if type(data) is bytes:
+        return <bytes>data
+    return bytes(memoryview(data))  # any bytes-like object; never bytes(int)
+
+
+# -------------------------------------------------------------------- names
+
+
+cdef Py_ssize_t _walk_name(const uint8_t* p, Py_ssize_t n, Py_ssize_t off, uint8_t* out) except -1:
+    """Validate the name at ``off`` and return the offset after it.
+
+    With ``out`` (room for 255 octets) also copy its uncompressed, lower-cased wire
+    form there. The rules are ``_wire_py._read_name``'s.
+    """
+    cdef Py_ssize_t limit = off
+    cdef Py_ssize_t end = -1
+    cdef Py_ssize_t total = 0
+    cdef Py_ssize_t nxt, target, i
+    cdef uint8_t length, c
+    while True:
+        if off >= n:
+            return _fail("name runs past the end")
+        length = p[off]
+        if length == 0:
+            if out != NULL:
+                out[total] = 0
+            return off + 1 if end < 0 else end
+        if length < 0x40:
+            nxt = off + 1 + length
+            if nxt > n:
+                return _fail("name runs past the end")
+            if total + length + 1 > 254:  # the root octet still has to fit in 255
+                return _fail("name too long")
+            if out != NULL:
+                out[total] = length
+                for i in range(length):
+                    c = p[off + 1 + i]
+                    if 0x41 <= c <= 0x5A:
+                        c += 0x20
+                    out[total + 1 + i] = c
+            total += length + 1
+            off = nxt
+        elif length >= 0xC0:
+            if off + 1 >= n:
+                return _fail("name runs past the end")
+            target = ((length & 0x3F) << 8) | p[off + 1]
+            if target >= limit:
+                return _fail("bad compression pointer")
+            if end < 0:
+                end = off + 2
+            limit = target
+            off = target
+        else:
+            return _fail("label too long")
+
+
+cdef str _name_text(bytes wire):
+    """Presentation text of an uncompressed wire name, no trailing dot, "." for the root."""
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(wire)
+    cdef char buf[1024]  # 255 octets, at most 4 characters each
+    cdef Py_ssize_t o = 0
+    cdef Py_ssize_t off = 0
+    cdef uint8_t length, c, k
+    cdef int i
+    if p[0] == 0:
+        return "."
+    length = p[0]
+    while length:
+        if o:
+            buf[o] = b'.'
+            o += 1
+        for i in range(length):
+            c = p[off + 1 + i]
+            k = BYTE_CLASS[c]
+            if k == 0:
+                buf[o] = c
+                o += 1
+            elif k == 1:
+                buf[o] = b'\\'
+                buf[o + 1] = c
+                o += 2
+            else:
+                buf[o] = b'\\'
+                buf[o + 1] = b'0' + c // 100
+                buf[o + 2] = b'0' + (c // 10) % 10
+                buf[o + 3] = b'0' + c % 10
+                o += 4
+        off += length + 1
+        length = p[off]
+    return PyUnicode_DecodeASCII(buf, o, NULL)
+
+
+# ------------------------------------------------------------------ records
+
+
+cdef struct RR:
+    uint16_t rtype
+    uint16_t rclass
+    uint32_t ttl
+    Py_ssize_t start
+    Py_ssize_t rdata
+    Py_ssize_t end
+
+
+cdef Py_ssize_t _read_rr(const uint8_t* p, Py_ssize_t n, Py_ssize_t off, int section, bint opt_seen, RR* rr) except -1:
+    """Check the record at ``off``, fill ``rr``, return the offset after it."""
+    rr.start = off
+    off = _walk_name(p, n, off, NULL)
+    if off + 10 > n:
+        return _fail("record runs past the end")
+    rr.rtype = _u16(p + off)
+    rr.rclass = _u16(p + off + 2)
+    rr.ttl = _u32(p + off + 4)
+    rr.rdata = off + 10
+    rr.end = rr.rdata + _u16(p + off + 8)
+    if rr.end > n:
+        return _fail("record runs past the end")
+    if rr.rtype == TYPE_OPT and (section != SECTION_ADDITIONAL or opt_seen or p[rr.start] != 0):
+        return _fail("bad OPT")
+    return rr.end
+
+
+cdef int _check_opt(const uint8_t* p, Py_ssize_t off, Py_ssize_t end) except -1:
+    while off < end:
+        if off + 4 > end:
+            return _fail("bad OPT")
+        off += 4 + _u16(p + off + 2)
+        if off > end:
+            return _fail("bad OPT")
+    return 0
+
+
+cdef list _opt_options(const uint8_t* p, Py_ssize_t off, Py_ssize_t end):
+    cdef list options = []
+    cdef Py_ssize_t length
+    _check_opt(p, off, end)
+    while off < end:
+        length = _u16(p + off + 2)
+        options.append((_u16(p + off), PyBytes_FromStringAndSize(<const char*>p + off + 4, length)))
+        off += 4 + length
+    return options
+
+
+cdef Py_ssize_t _skip_questions(const uint8_t* p, Py_ssize_t n, Py_ssize_t off, int count) except -1:
+    cdef int i
+    for i in range(count):
+        off = _walk_name(p, n, off, NULL) + 4
+        if off > n:
+            return _fail("record runs past the end")
+    return off
+
+
+cdef uint32_t _soa_minimum(const uint8_t* p, Py_ssize_t n, RR* rr) except? 0xFFFFFFFF:
+    cdef Py_ssize_t off = _walk_name(p, n, _walk_name(p, n, rr.rdata, NULL), NULL)  # MNAME, RNAME
+    if off + 20 != rr.end:
+        _fail("bad SOA")
+    return _u32(p + rr.end - 4)
+
+
+cdef struct Layout:
+    Py_ssize_t qend       # offset after the question section
+    Py_ssize_t nrecords
+    Py_ssize_t opt_index  # -1 without OPT
+    RR opt
+
+
+cdef int _walk_message(const uint8_t* p, Py_ssize_t n, Layout* lay, uint8_t* aged, uint32_t seconds) except -1:
+    """Bounds-check a whole message and find its OPT; with ``aged`` (a copy of the
+    message) also lower every other TTL there by ``seconds``."""
+    cdef RR rr
+    cdef int section, count, i
+    cdef uint32_t ttl
+    cdef Py_ssize_t off
+    if n < 12:
+        return _fail("short header")
+    off = _skip_questions(p, n, 12, _u16(p + 4))
+    lay.qend = off
+    lay.nrecords = 0
+    lay.opt_index = -1
+    for section in range(1, 4):
+        count = _u16(p + 4 + 2 * section)
+        for i in range(count):
+            off = _read_rr(p, n, off, section, lay.opt_index >= 0, &rr)
+            if rr.rtype == TYPE_OPT:
+                _check_opt(p, rr.rdata, rr.end)
+                lay.opt_index = lay.nrecords
+                lay.opt = rr
+            elif aged != NULL:
+                ttl = rr.ttl
+                ttl = 0 if ttl > MAX_TTL or ttl <= seconds else ttl - seconds
+                _put32(aged + rr.rdata - 6, ttl)
+            lay.nrecords += 1
+    if off != n:
+        return _fail("trailing data")
+    return 0
+
+
+# ---------------------------------------------------------------------- API
+
+
+def parse_query(data):
+    """Read a query; see ``dotproxy.wire`` for the contract."""
+    cdef bytes b = _as_bytes(data)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef uint8_t name[256]
+    cdef Py_ssize_t off, name_len
+    cdef int section, count, i
+    cdef RR rr
+    cdef object edns = None
+    cdef Query q
+    if n < 12:
+        _fail("short header")
+    if p[2] & 0x80:
+        _fail("not a query")
+    if _u16(p + 4) != 1:
+        _fail("QDCOUNT is not 1")
+    off = _walk_name(p, n, 12, name)
+    if off + 4 > n:
+        _fail("record runs past the end")
+    q = Query.__new__(Query)
+    q.qtype = _u16(p + off)
+    q.qclass = _u16(p + off + 2)
+    off += 4
+    for section in range(1, 4):
+        count = _u16(p + 4 + 2 * section)
+        for i in range(count):
+            off = _read_rr(p, n, off, section, edns is not None, &rr)
+            if rr.rtype == TYPE_OPT:
+                edns = Edns.__new__(Edns)
+                (<Edns>edns).udp_size = rr.rclass
+                (<Edns>edns).do = (rr.ttl & 0x8000) != 0
+                (<Edns>edns).version = (rr.ttl >> 16) & 0xFF
+                (<Edns>edns).options = _opt_options(p, rr.rdata, rr.end)
+    if off != n:
+        _fail("trailing data")
+    name_len = 1
+    while name[name_len - 1] != 0:
+        name_len += name[name_len - 1] + 1
+    q.id = _u16(p)
+    q.opcode = (p[2] >> 3) & 0xF
+    q.rd = p[2] & 0x01
+    q.ad = (p[3] & 0x20) != 0
+    q.cd = (p[3] & 0x10) != 0
+    q.qname_wire = PyBytes_FromStringAndSize(<const char*>name, name_len)
+    q.edns = edns
+    return q
+
+
+def scan_response(data):
+    """Read a response; see ``dotproxy.wire`` for the contract."""
+    cdef bytes b = _as_bytes(data)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef uint8_t name[256]
+    cdef Py_ssize_t off = 12
+    cdef int section, count, i, qdcount, ancount
+    cdef int rcode
+    cdef bint opt_seen = False
+    cdef uint32_t ttl, minimum
+    cdef uint32_t min_answer = NO_TTL
+    cdef uint32_t min_authority = NO_TTL
+    cdef uint32_t negative = NO_TTL
+    cdef uint32_t result = NO_TTL
+    cdef RR rr
+    cdef ResponseInfo info
+    if n < 12:
+        _fail("short header")
+    if not p[2] & 0x80:
+        _fail("not a response")
+    qdcount = _u16(p + 4)
+    ancount = _u16(p + 6)
+    if qdcount > 1:
+        _fail("QDCOUNT above 1")
+    info = ResponseInfo.__new__(ResponseInfo)
+    if qdcount:
+        off = _walk_name(p, n, 12, name)
+        if off + 4 > n:
+            _fail("record runs past the end")
+        info.qtype = _u16(p + off)
+        info.qclass = _u16(p + off + 2)
+        off += 4
+    rcode = p[3] & 0xF
+    for section in range(1, 4):
+        count = _u16(p + 4 + 2 * section)
+        for i in range(count):
+            off = _read_rr(p, n, off, section, opt_seen, &rr)
+            if rr.rtype == TYPE_OPT:
+                opt_seen = True
+                rcode |= (rr.ttl >> 24) << 4
+                _check_opt(p, rr.rdata, rr.end)
+                continue
+            ttl = 0 if rr.ttl > MAX_TTL else rr.ttl
+            if section == 1:
+                if ttl < min_answer:
+                    min_answer = ttl
+            elif section == 2:
+                if ttl < min_authority:
+                    min_authority = ttl
+                if rr.rtype == TYPE_SOA:
+                    minimum = _soa_minimum(p, n, &rr)
+                    if minimum > MAX_TTL:
+                        minimum = 0
+                    if minimum < ttl:
+                        ttl = minimum
+                    if ttl < negative:
+                        negative = ttl
+    if off != n:
+        _fail("trailing data")
+    if rcode == RCODE_NOERROR and ancount:
+        result = min_answer if min_answer < min_authority else min_authority
+    elif rcode == RCODE_NXDOMAIN or rcode == RCODE_NOERROR:
+        if negative != NO_TTL:
+            result = negative if negative < min_answer else min_answer
+    if qdcount:
+        info.qname = _name_text(_name_bytes(name))
+    info.id = _u16(p)
+    info.rcode = rcode
+    info.tc = (p[2] & 0x02) != 0
+    info.aa = (p[2] & 0x04) != 0
+    info.ra = (p[3] & 0x80) != 0
+    info.ad = (p[3] & 0x20) != 0
+    info.qdcount = qdcount
+    info.ancount = ancount
+    info.nscount = _u16(p + 8)
+    info.arcount = _u16(p + 10)
+    info.min_ttl = None if result == NO_TTL else result
+    return info
+
+
+cdef bytes _name_bytes(const uint8_t* name):
+    cdef Py_ssize_t name_len = 1
+    while name[name_len - 1] != 0:
+        name_len += name[name_len - 1] + 1
+    return PyBytes_FromStringAndSize(<const char*>name, name_len)
+
+
+def set_id(data, id):
+    """The message with its ID replaced by ``id``."""
+    cdef bytes b = _as_bytes(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef bytes out
+    cdef uint8_t* o
+    if n < 12:
+        _fail("short header")
+    if not 0 <= id <= 0xFFFF:
+        raise ValueError(f"DNS message ID out of range: {id}")
+    out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), n)
+    o = <uint8_t*>PyBytes_AS_STRING(out)
+    _put16(o, <uint16_t>id)
+    return out
+
+
+def age_ttls(data, long long seconds):
+    """Every RR TTL except OPT's lowered by ``seconds``, floored at 0."""
+    cdef bytes b = _as_bytes(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef Layout lay
+    cdef bytes out
+    if seconds < 0:
+        raise ValueError(f"cannot age TTLs by a negative time: {seconds}")
+    if seconds > 0xFFFFFFFF:
+        seconds = 0xFFFFFFFF
+    out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), n)
+    _walk_message(<const uint8_t*>PyBytes_AS_STRING(b), n, &lay, <uint8_t*>PyBytes_AS_STRING(out), <uint32_t>seconds)
+    return out
+
+
+def cache_key(query):
+    """Cache key of a query: lower-cased name, type, class and the DO and CD bits."""
+    cdef Query q
+    cdef Py_ssize_t name_len
+    cdef bytes out
+    cdef uint8_t* o
+    if type(query) is Query:
+        q = <Query>query
+    else:
+        q = parse_query(query)
+    name_len = PyBytes_GET_SIZE(q.qname_wire)
+    out = PyBytes_FromStringAndSize(NULL, name_len + 5)
+    o = <uint8_t*>PyBytes_AS_STRING(out)
+    memcpy(o, PyBytes_AS_STRING(q.qname_wire), name_len)
+    _put16(o + name_len, q.qtype)
+    _put16(o + name_len + 2, q.qclass)
+    o[name_len + 4] = (1 if q.edns is not None and (<Edns>q.edns).do else 0) | (2 if q.cd else 0)
+    return out
+
+
+cdef Py_ssize_t _put_opt(uint8_t* o, int rcode, bint do, Py_ssize_t rdlen) noexcept:
+    """Write an OPT record header (owner, type, class, TTL, RDLENGTH); return its size."""
+    o[0] = 0
+    _put16(o + 1, TYPE_OPT)
+    _put16(o + 3, EDNS_UDP_SIZE)
+    _put32(o + 5, (<uint32_t>((rcode >> 4) & 0xFF) << 24) | (0x8000 if do else 0))
+    _put16(o + 9, rdlen)
+    return 11
+
+
+def make_error(query, int rcode, *, ede=None):
+    """An error answer to ``query`` with ``rcode``; see ``dotproxy.wire``."""
+    cdef bytes b = _as_bytes(query)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef Layout lay
+    cdef bint has_question = False
+    cdef bint has_opt = False
+    cdef bint do = False
+    cdef Py_ssize_t qlen = 0, size, o
+    cdef bytes extra = b""
+    cdef int info_code = 0
+    cdef bytes out
+    cdef uint8_t* w
+    if n < 12:
+        _fail("short header")
+    if not 0 <= rcode <= 0xFFF:
+        raise ValueError(f"rcode out of range: {rcode}")
+    try:
+        _walk_message(p, n, &lay, NULL, 0)
+    except WireError:
+        pass
+    else:
+        if _u16(p + 4) == 1:
+            has_question = True
+            qlen = lay.qend - 12
+            has_opt = lay.opt_index >= 0
+            if has_opt:
+                do = (p[lay.opt.rdata - 4] & 0x80) != 0
+    if not has_opt and rcode > 0xF:
+        raise ValueError(f"rcode {rcode} needs EDNS, and the query has none")
+    if has_opt and ede is not None:
+        info_code, text = ede
+        extra = text.encode("utf-8")
+    size = 12 + qlen
+    if has_opt:
+        size += 11 + (6 + len(extra) if ede is not None else 0)
+    out = PyBytes_FromStringAndSize(NULL, size)
+    w = <uint8_t*>PyBytes_AS_STRING(out)
+    memset(w, 0, 12)
+    w[0] = p[0]
+    w[1] = p[1]
+    w[2] = (p[2] & 0x79) | 0x80  # opcode and RD kept, QR set, AA and TC clear
+    w[3] = 0x80 | (p[3] & 0x10) | (rcode & 0xF)  # RA, CD kept
+    w[5] = 1 if has_question else 0
+    w[11] = 1 if has_opt else 0
+    memcpy(w + 12, p + 12, qlen)
+    if has_opt:
+        o = 12 + qlen
+        o += _put_opt(w + o, rcode, do, size - o - 11)
+        if ede is not None:
+            _put16(w + o, OPT_EDE)
+            _put16(w + o + 2, 2 + len(extra))
+            _put16(w + o + 4, info_code)
+            memcpy(w + o + 6, PyBytes_AS_STRING(extra), len(extra))
+    return out
+
+
+def truncate(response, Py_ssize_t max_size):
+    """Fit ``response`` into ``max_size`` bytes, setting TC when anything is dropped."""
+    cdef bytes b = _as_bytes(response)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef Layout lay
+    cdef Py_ssize_t qend, opt_len = 0
+    cdef int qdcount
+    cdef bytes out
+    cdef uint8_t* w
+    if max_size < 12:
+        raise ValueError(f"no DNS message fits in {max_size} bytes")
+    if n <= max_size:
+        return b
+    _walk_message(p, n, &lay, NULL, 0)
+    qend = lay.qend
+    qdcount = _u16(p + 4)
+    if lay.opt_index >= 0:
+        opt_len = lay.opt.end - lay.opt.start
+    if qend + opt_len > max_size:
+        opt_len = 0
+    if qend > max_size:
+        qend = 12
+        qdcount = 0
+    out = PyBytes_FromStringAndSize(NULL, qend + opt_len)
+    w = <uint8_t*>PyBytes_AS_STRING(out)
+    memcpy(w, p, qend)
+    w[2] |= 0x02
+    _put16(w + 4, qdcount)
+    _put16(w + 6, 0)
+    _put16(w + 8, 0)
+    _put16(w + 10, 1 if opt_len else 0)
+    if opt_len:
+        memcpy(w + qend, p + lay.opt.start, opt_len)
+    return out
+
+
+def pad(query, Py_ssize_t block=128):
+    """RFC 7830 padding to a multiple of ``block`` bytes; see ``dotproxy.wire``."""
+    cdef bytes b = _as_bytes(query)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef Layout lay
+    cdef Py_ssize_t head, off, length, kept, size, padding, o
+    cdef bytes out
+    cdef uint8_t* w
+    cdef int arcount
+    if block < 1:
+        raise ValueError(f"padding block must be positive: {block}")
+    _walk_message(p, n, &lay, NULL, 0)
+    if lay.opt_index >= 0 and lay.opt_index != lay.nrecords - 1:
+        # Records after the OPT (a TSIG) sign the bytes before them: leave the message alone.
+        return b
+    kept = 0
+    if lay.opt_index >= 0:
+        head = lay.opt.rdata - 2  # up to the OPT's RDLENGTH
+        off = lay.opt.rdata
+        while off < lay.opt.end:
+            length = 4 + _u16(p + off + 2)
+            if _u16(p + off) != OPT_PADDING:
+                kept += length
+            off += length
+        size = head + 2 + kept + 4
+    else:
+        arcount = _u16(p + 10) + 1
+        if arcount > 0xFFFF:
+            raise ValueError("no room for an OPT record: ARCOUNT is full")
+        head = n
+        size = n + 11 + 4
+    padding = -size % block
+    if padding < 0:
+        padding += block
+    if size + padding > 0xFFFF:
+        raise ValueError("message too large to pad")
+    out = PyBytes_FromStringAndSize(NULL, size + padding)
+    w = <uint8_t*>PyBytes_AS_STRING(out)
+    memcpy(w, p, head)
+    if lay.opt_index >= 0:
+        o = head + 2
+        off = lay.opt.rdata
+        while off < lay.opt.end:
+            length = 4 + _u16(p + off + 2)
+            if _u16(p + off) != OPT_PADDING:
+                memcpy(w + o, p + off, length)
+                o += length
+            off += length
+        _put16(w + head, kept + 4 + padding)
+    else:
+        _put16(w + 10, arcount)
+        o = head + _put_opt(w + head, 0, False, 4 + padding)
+    _put16(w + o, OPT_PADDING)
+    _put16(w + o + 2, padding)
+    memset(w + o + 4, 0, padding)
+    return out

@@ -1,0 +1,115 @@
+"""DNS wire format on the per-packet path: the façade over the C core and its Python twin.
+
+Import from here, never from ``_wire`` or ``_wire_py`` directly. The façade picks
+the compiled core (``dotproxy._wire``) and falls back to the pure-Python twin
+(``dotproxy._wire_py``) when the extension is missing or when the environment says
+``DOTPROXY_PURE_PYTHON=1``. :data:`IMPLEMENTATION` says which was picked
+(``"c"`` or ``"py"``). Both implementations have the same signatures, return
+equal values and raise the same :class:`dotproxy.errors.WireError` reasons; the
+test corpus runs against both.
+
+The API
+-------
+``parse_query(data) -> Query``
+    A query: QR clear, QDCOUNT == 1. ``Query`` has ``id``, ``opcode``, ``rd``,
+    ``cd``, ``ad`` (bools), ``qname`` (lower-case presentation text, no trailing
+    dot, ``"."`` for the root, special bytes escaped as dnspython does),
+    ``qname_wire`` (lower-cased uncompressed wire form), ``qtype``, ``qclass`` and
+    ``edns``: ``None`` or an ``Edns`` with ``udp_size``, ``do``, ``version`` and
+    ``options`` (a list of ``(code, bytes)``). Every record after the question is
+    walked and bounds-checked; an OPT may only appear once, in the additional
+    section, owned by the root.
+
+``scan_response(data) -> ResponseInfo``
+    A response: QR set, QDCOUNT 0 or 1. ``ResponseInfo`` has ``id``, ``rcode``
+    (extended when an OPT is present), ``tc``, ``aa``, ``ra``, ``ad``, ``qname``,
+    ``qtype``, ``qclass`` (``None`` when QDCOUNT is 0), the four section counts
+    and ``min_ttl``: the TTL a cache should use, or ``None`` when there is
+    nothing to cache. NOERROR with answers: the minimum TTL over answer and
+    authority records. NXDOMAIN, or NOERROR without answers (NODATA): the RFC 2308
+    negative TTL, min(SOA TTL, SOA MINIMUM) over the authority SOAs, lowered by
+    any answer TTL (a CNAME chain); ``None`` without an SOA. Any other rcode:
+    ``None``. TTLs above 2**31-1 count as 0 (RFC 2181 section 8).
+
+``set_id(data, id) -> bytes``
+    The message with its ID replaced.
+
+``age_ttls(data, seconds) -> bytes``
+    Every RR TTL except OPT's lowered by ``seconds``, floored at 0.
+
+``cache_key(query) -> bytes``
+    ``qname_wire + qtype(2) + qclass(2) + flags(1)`` where flags bit 0 is DO and
+    bit 1 is CD; ``query`` is a ``Query`` or the query's bytes.
+
+``make_error(query, rcode, *, ede=None) -> bytes``
+    An error answer (FORMERR, SERVFAIL, NXDOMAIN, REFUSED, ...) for ``query``
+    bytes: ID, opcode, RD, CD and the question echoed, RA set; an OPT (our UDP
+    size, the client's DO bit) when the query had one, carrying an RFC 8914
+    Extended DNS Error when ``ede=(info_code, text)``. Only a readable header is
+    needed: an unparsable question gives a header-only answer (QDCOUNT 0).
+
+``truncate(response, max_size) -> bytes``
+    The response unchanged when it fits; otherwise header, question and OPT
+    only, with TC set (OPT dropped too if even that does not fit).
+
+``pad(query, block=128) -> bytes``
+    RFC 7830 / RFC 8467 block padding: the message length becomes a multiple of
+    ``block`` through an EDNS(0) Padding option (an OPT is added when absent;
+    an existing Padding option is replaced).
+
+Malformed input raises :class:`dotproxy.errors.WireError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dotproxy.errors import WireError
+
+_force_py = os.environ.get("DOTPROXY_PURE_PYTHON", "") not in ("", "0")
+
+if _force_py:
+    from dotproxy import _wire_py as _impl
+
+    IMPLEMENTATION = "py"
+else:
+    try:
+        from dotproxy import _wire as _impl
+    except ImportError:  # the extension was not built: run on the twin
+        from dotproxy import _wire_py as _impl
+
+        IMPLEMENTATION = "py"
+    else:
+        IMPLEMENTATION = "c"
+
+Query = _impl.Query
+Edns = _impl.Edns
+ResponseInfo = _impl.ResponseInfo
+parse_query = _impl.parse_query
+scan_response = _impl.scan_response
+set_id = _impl.set_id
+age_ttls = _impl.age_ttls
+cache_key = _impl.cache_key
+make_error = _impl.make_error
+truncate = _impl.truncate
+pad = _impl.pad
+
+#: EDNS(0) option codes and the Extended DNS Error info codes the engine uses.
+OPT_PADDING = 12
+OPT_EDE = 15
+
+__all__ = [
+    "IMPLEMENTATION",
+    "Edns",
+    "Query",
+    "ResponseInfo",
+    "WireError",
+    "age_ttls",
+    "cache_key",
+    "make_error",
+    "pad",
+    "parse_query",
+    "scan_response",
+    "set_id",
+    "truncate",
+]
