@@ -25,6 +25,7 @@ cdef extern from *:
 cdef enum:
     TYPE_SOA = 6
     TYPE_OPT = 41
+    OPT_KEEPALIVE = 11
     OPT_PADDING = 12
     OPT_EDE = 15
     RCODE_NOERROR = 0
@@ -112,6 +113,7 @@ cdef class ResponseInfo:
     cdef readonly bint ra
     cdef readonly bint ad
     cdef readonly object qname
+    cdef readonly object qname_wire
     cdef readonly object qtype
     cdef readonly object qclass
     cdef readonly int qdcount
@@ -119,6 +121,7 @@ cdef class ResponseInfo:
     cdef readonly int nscount
     cdef readonly int arcount
     cdef readonly object min_ttl
+    cdef readonly object edns
 
     def __repr__(self):
         return (
@@ -299,6 +302,15 @@ cdef list _opt_options(const uint8_t* p, Py_ssize_t off, Py_ssize_t end):
     return options
 
 
+cdef Edns _make_edns(const uint8_t* p, RR* rr):
+    cdef Edns edns = Edns.__new__(Edns)
+    edns.udp_size = rr.rclass
+    edns.do = (rr.ttl & 0x8000) != 0
+    edns.version = (rr.ttl >> 16) & 0xFF
+    edns.options = _opt_options(p, rr.rdata, rr.end)
+    return edns
+
+
 cdef Py_ssize_t _skip_questions(const uint8_t* p, Py_ssize_t n, Py_ssize_t off, int count) except -1:
     cdef int i
     for i in range(count):
@@ -385,11 +397,7 @@ def parse_query(data):
         for i in range(count):
             off = _read_rr(p, n, off, section, edns is not None, &rr)
             if rr.rtype == TYPE_OPT:
-                edns = Edns.__new__(Edns)
-                (<Edns>edns).udp_size = rr.rclass
-                (<Edns>edns).do = (rr.ttl & 0x8000) != 0
-                (<Edns>edns).version = (rr.ttl >> 16) & 0xFF
-                (<Edns>edns).options = _opt_options(p, rr.rdata, rr.end)
+                edns = _make_edns(p, &rr)
     if off != n:
         _fail("trailing data")
     name_len = 1
@@ -446,7 +454,7 @@ def scan_response(data):
             if rr.rtype == TYPE_OPT:
                 opt_seen = True
                 rcode |= (rr.ttl >> 24) << 4
-                _check_opt(p, rr.rdata, rr.end)
+                info.edns = _make_edns(p, &rr)
                 continue
             ttl = 0 if rr.ttl > MAX_TTL else rr.ttl
             if section == 1:
@@ -471,7 +479,8 @@ def scan_response(data):
         if negative != NO_TTL:
             result = negative if negative < min_answer else min_answer
     if qdcount:
-        info.qname = _name_text(_name_bytes(name))
+        info.qname_wire = _name_bytes(name)
+        info.qname = _name_text(info.qname_wire)
     info.id = _u16(p)
     info.rcode = rcode
     info.tc = (p[2] & 0x02) != 0
@@ -649,7 +658,7 @@ def truncate(response, Py_ssize_t max_size):
     return out
 
 
-def pad(query, Py_ssize_t block=128):
+def pad(query, Py_ssize_t block=128, *, bint keepalive=False):
     """RFC 7830 padding to a multiple of ``block`` bytes; see ``dotproxy.wire``."""
     cdef bytes b = _as_bytes(query)
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
@@ -659,6 +668,8 @@ def pad(query, Py_ssize_t block=128):
     cdef bytes out
     cdef uint8_t* w
     cdef int arcount
+    cdef int code
+    cdef Py_ssize_t extra = 4 if keepalive else 0  # an empty edns-tcp-keepalive option
     if block < 1:
         raise ValueError(f"padding block must be positive: {block}")
     _walk_message(p, n, &lay, NULL, 0)
@@ -671,16 +682,17 @@ def pad(query, Py_ssize_t block=128):
         off = lay.opt.rdata
         while off < lay.opt.end:
             length = 4 + _u16(p + off + 2)
-            if _u16(p + off) != OPT_PADDING:
+            code = _u16(p + off)
+            if code != OPT_PADDING and not (keepalive and code == OPT_KEEPALIVE):
                 kept += length
             off += length
-        size = head + 2 + kept + 4
+        size = head + 2 + kept + extra + 4
     else:
         arcount = _u16(p + 10) + 1
         if arcount > 0xFFFF:
             raise ValueError("no room for an OPT record: ARCOUNT is full")
         head = n
-        size = n + 11 + 4
+        size = n + 11 + extra + 4
     padding = -size % block
     if padding < 0:
         padding += block
@@ -694,15 +706,42 @@ def pad(query, Py_ssize_t block=128):
         off = lay.opt.rdata
         while off < lay.opt.end:
             length = 4 + _u16(p + off + 2)
-            if _u16(p + off) != OPT_PADDING:
+            code = _u16(p + off)
+            if code != OPT_PADDING and not (keepalive and code == OPT_KEEPALIVE):
                 memcpy(w + o, p + off, length)
                 o += length
             off += length
-        _put16(w + head, kept + 4 + padding)
+        _put16(w + head, kept + extra + 4 + padding)
     else:
         _put16(w + 10, arcount)
-        o = head + _put_opt(w + head, 0, False, 4 + padding)
+        o = head + _put_opt(w + head, 0, False, extra + 4 + padding)
+    if keepalive:
+        _put16(w + o, OPT_KEEPALIVE)
+        _put16(w + o + 2, 0)
+        o += 4
     _put16(w + o, OPT_PADDING)
     _put16(w + o + 2, padding)
     memset(w + o + 4, 0, padding)
+    return out
+
+
+def strip_opt(data):
+    """The message without its OPT record (for a client that sent no EDNS).
+
+    A message with records after its OPT (a TSIG) is returned unchanged: those
+    records sign the bytes before them.
+    """
+    cdef bytes b = _as_bytes(data)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef Layout lay
+    cdef bytes out
+    cdef uint8_t* w
+    _walk_message(p, n, &lay, NULL, 0)
+    if lay.opt_index < 0 or lay.opt_index != lay.nrecords - 1:
+        return b
+    out = PyBytes_FromStringAndSize(NULL, lay.opt.start)
+    w = <uint8_t*>PyBytes_AS_STRING(out)
+    memcpy(w, p, lay.opt.start)
+    _put16(w + 10, _u16(p + 10) - 1)
     return out

@@ -31,6 +31,7 @@ _OPT_FIXED = Struct("!HHIH")
 
 TYPE_SOA = 6
 TYPE_OPT = 41
+OPT_KEEPALIVE = 11
 OPT_PADDING = 12
 OPT_EDE = 15
 RCODE_NOERROR = 0
@@ -85,8 +86,8 @@ class ResponseInfo:
     """What the forwarder needs to know of a response, read in one pass."""
 
     __slots__ = (
-        "id", "rcode", "tc", "aa", "ra", "ad", "qname", "qtype", "qclass",
-        "qdcount", "ancount", "nscount", "arcount", "min_ttl",
+        "id", "rcode", "tc", "aa", "ra", "ad", "qname", "qname_wire", "qtype", "qclass",
+        "qdcount", "ancount", "nscount", "arcount", "min_ttl", "edns",
     )
 
     def __repr__(self) -> str:
@@ -305,14 +306,15 @@ def scan_response(data: bytes) -> ResponseInfo:
     if qdcount > 1:
         raise WireError("QDCOUNT above 1")
     off = 12
-    qname = qtype = qclass = None
+    qname = qname_wire = qtype = qclass = edns = None
     if qdcount:
         qname_wire, off = _read_name(data, 12)
         if off + 4 > len(data):
             raise WireError("record runs past the end")
         qtype, qclass = _QTAIL.unpack_from(data, off)
         off += 4
-        qname = _name_text(qname_wire.lower())
+        qname_wire = qname_wire.lower()
+        qname = _name_text(qname_wire)
     rcode = flags & 0xF
     opt_seen = False
     min_answer = min_authority = negative = None
@@ -322,7 +324,7 @@ def scan_response(data: bytes) -> ResponseInfo:
             if rtype == TYPE_OPT:
                 opt_seen = True
                 rcode |= (ttl >> 24) << 4
-                _parse_opt(data, rdata, off)
+                edns = Edns(rclass, bool(ttl & 0x8000), (ttl >> 16) & 0xFF, _parse_opt(data, rdata, off))
                 continue
             if ttl > _MAX_TTL:
                 ttl = 0
@@ -356,6 +358,7 @@ def scan_response(data: bytes) -> ResponseInfo:
     info.ra = bool(flags & 0x0080)
     info.ad = bool(flags & 0x0020)
     info.qname = qname
+    info.qname_wire = qname_wire
     info.qtype = qtype
     info.qclass = qclass
     info.qdcount = qdcount
@@ -363,6 +366,7 @@ def scan_response(data: bytes) -> ResponseInfo:
     info.nscount = nscount
     info.arcount = arcount
     info.min_ttl = min_ttl
+    info.edns = edns
     return info
 
 
@@ -477,7 +481,7 @@ def truncate(response: bytes, max_size: int) -> bytes:
     return response[:2] + flags + counts + response[12:qend] + opt
 
 
-def pad(query: bytes, block: int = 128) -> bytes:
+def pad(query: bytes, block: int = 128, *, keepalive: bool = False) -> bytes:
     """RFC 7830 padding to a multiple of ``block`` bytes; see ``dotproxy.wire``."""
     query = _as_bytes(query)
     if block < 1:
@@ -492,7 +496,7 @@ def pad(query: bytes, block: int = 128) -> bytes:
             options = b"".join(
                 _QTAIL.pack(code, len(value)) + value
                 for code, value in _parse_opt(query, rdata, end)
-                if code != OPT_PADDING
+                if code != OPT_PADDING and not (keepalive and code == OPT_KEEPALIVE)
             )
             head = query[:ttl_off + 4]
             arcount = None
@@ -501,6 +505,8 @@ def pad(query: bytes, block: int = 128) -> bytes:
         options = b""
         head = query + _opt_record(0, False, b"")[:-2]
         arcount = _U16.unpack_from(query, 10)[0] + 1
+    if keepalive:
+        options += _QTAIL.pack(OPT_KEEPALIVE, 0)
     size = len(head) + 2 + len(options) + 4
     padding = -size % block
     if size + padding > 0xFFFF:
@@ -512,3 +518,18 @@ def pad(query: bytes, block: int = 128) -> bytes:
             raise ValueError("no room for an OPT record: ARCOUNT is full")
         out = out[:10] + _U16.pack(arcount) + out[12:]
     return out
+
+
+def strip_opt(data: bytes) -> bytes:
+    """The message without its OPT record (for a client that sent no EDNS).
+
+    A message with records after its OPT (a TSIG) is returned unchanged: those
+    records sign the bytes before them.
+    """
+    data = _as_bytes(data)
+    _qend, records = _walk_records(data)
+    if not records or records[-1][0] != TYPE_OPT:
+        return data
+    _rtype, _ttl_off, start, _end = records[-1]
+    arcount = _U16.unpack_from(data, 10)[0] - 1
+    return data[:10] + _U16.pack(arcount) + data[12:start]

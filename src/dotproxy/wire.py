@@ -23,8 +23,8 @@ The API
 ``scan_response(data) -> ResponseInfo``
     A response: QR set, QDCOUNT 0 or 1. ``ResponseInfo`` has ``id``, ``rcode``
     (extended when an OPT is present), ``tc``, ``aa``, ``ra``, ``ad``, ``qname``,
-    ``qtype``, ``qclass`` (``None`` when QDCOUNT is 0), the four section counts
-    and ``min_ttl``: the TTL a cache should use, or ``None`` when there is
+    ``qname_wire``, ``qtype``, ``qclass`` (``None`` when QDCOUNT is 0), the four
+    section counts, ``edns`` (as in ``Query``) and ``min_ttl``: the TTL a cache should use, or ``None`` when there is
     nothing to cache. NOERROR with answers: the minimum TTL over answer and
     authority records. NXDOMAIN, or NOERROR without answers (NODATA): the RFC 2308
     negative TTL, min(SOA TTL, SOA MINIMUM) over the authority SOAs, lowered by
@@ -52,10 +52,16 @@ The API
     The response unchanged when it fits; otherwise header, question and OPT
     only, with TC set (OPT dropped too if even that does not fit).
 
-``pad(query, block=128) -> bytes``
+``pad(query, block=128, *, keepalive=False) -> bytes``
     RFC 7830 / RFC 8467 block padding: the message length becomes a multiple of
     ``block`` through an EDNS(0) Padding option (an OPT is added when absent;
-    an existing Padding option is replaced).
+    an existing Padding option is replaced). ``keepalive`` also asks for the
+    server's idle timeout with an empty RFC 7828 edns-tcp-keepalive option. A
+    message with records after its OPT (a TSIG) is returned unchanged.
+
+``strip_opt(data) -> bytes``
+    The message without its OPT record: the answer to a client that sent no
+    EDNS when we added one upstream (unchanged when records follow the OPT).
 
 Malformed input raises :class:`dotproxy.errors.WireError` and nothing else.
 """
@@ -93,8 +99,10 @@ cache_key = _impl.cache_key
 make_error = _impl.make_error
 truncate = _impl.truncate
 pad = _impl.pad
+strip_opt = _impl.strip_opt
 
 #: EDNS(0) option codes and the Extended DNS Error info codes the engine uses.
+OPT_KEEPALIVE = 11
 OPT_PADDING = 12
 OPT_EDE = 15
 
@@ -111,5 +119,6 @@ __all__ = [
     "parse_query",
     "scan_response",
     "set_id",
+    "strip_opt",
     "truncate",
 ]

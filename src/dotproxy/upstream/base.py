@@ -1,0 +1,193 @@
+"""What every upstream shares: options, statistics, deadlines, dial backoff, waiting for capacity."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field, fields
+
+from dotproxy.config import UpstreamURL
+from dotproxy.errors import ConfigError, ConnectionFailed, UpstreamError, UpstreamTimeout
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamOptions:
+    """Tunables of one upstream; ``connect(url, **options)`` takes these names."""
+
+    timeout: float = 4.0  # deadline of a query that was given none, seconds from now
+    pool_size: int = 2  # connections at most (DoT, TCP, DoH)
+    max_outstanding: int = 200  # queries in flight on one connection (DoH: also capped by the server)
+    spread_at: int = 32  # open another connection when the least loaded one has this many in flight
+    idle_timeout: float = 30.0  # close a connection idle this long (servers close at 30-60 s)
+    connect_timeout: float = 5.0  # TCP + TLS handshake
+    verify: bool = True  # verify the server certificate (off only when asked, with a warning)
+    spki_pins: tuple[str, ...] = ()  # base64 SHA-256 SPKI pins of the server certificate
+    pad_block: int | None = 128  # RFC 8467 query padding on encrypted transports; None: off
+    keepalive: bool = True  # ask for RFC 7828 edns-tcp-keepalive on stream connections
+    quiet_after: float = 1.0  # a connection silent this long is checked for life on its next query
+    liveness_min: float = 0.4  # bounds of the adaptive silence limit for such a connection
+    liveness_max: float = 2.0
+    backoff_min: float = 0.2  # dial failures: jittered exponential backoff
+    backoff_max: float = 30.0
+    max_orphans: int = 1000  # cancelled-but-unanswered IDs before a connection is retired
+    method: str = "POST"  # DoH request method: POST or GET
+    udp_retry: float = 1.0  # UDP: resend after this long without an answer
+    name: str | None = None  # label in logs and errors (default: the URL)
+
+    @classmethod
+    def from_kwargs(cls, options: dict, *, where: str) -> UpstreamOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown upstream option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                              where=where)
+        if "spki_pins" in options:
+            pins = options["spki_pins"]
+            options = {**options, "spki_pins": (pins,) if isinstance(pins, str) else tuple(pins)}
+        opts = cls(**options)
+        if opts.pool_size < 1 or opts.max_outstanding < 1:
+            raise ConfigError("pool_size and max_outstanding must be at least 1", where=where)
+        if opts.method not in ("POST", "GET"):
+            raise ConfigError(f"method must be POST or GET, not {opts.method!r}", where=where)
+        if opts.timeout <= 0 or opts.connect_timeout <= 0 or opts.idle_timeout <= 0:
+            raise ConfigError("timeouts must be positive", where=where)
+        return opts
+
+
+@dataclass(slots=True)
+class UpstreamStats:
+    """Counters of one upstream, for tests, benchmarks and metrics."""
+
+    queries: int = 0
+    answers: int = 0
+    timeouts: int = 0
+    failures: int = 0
+    retries: int = 0  # transparent re-sends after a connection died under a query
+    dials: int = 0
+    dial_failures: int = 0
+    handshakes: int = 0  # TLS handshakes completed
+    resumed: int = 0  # of which resumed a session
+    connections_open: int = 0
+    late_answers: int = 0  # answers to cancelled queries, dropped
+    unexpected_answers: int = 0  # unknown ID, wrong question, unparsable: dropped
+    liveness_failures: int = 0  # reused connections found dead by silence
+    rtt_samples: list[float] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rtt_samples"}
+
+
+class Upstream:
+    """An upstream resolver: ``await query(wire, deadline=...)`` and ``await aclose()``.
+
+    ``deadline`` is absolute, on the running loop's ``loop.time()`` clock; the
+    reply carries the caller's ID. Errors are :class:`dotproxy.errors.UpstreamError`
+    subclasses (a malformed query raises :class:`dotproxy.errors.WireError`).
+    """
+
+    def __init__(self, url: UpstreamURL, options: UpstreamOptions) -> None:
+        self.url = url
+        self.options = options
+        self.name = options.name or url.url
+        self.stats = UpstreamStats()
+        self._closed = False
+        # Smoothed RTT and its variation (RFC 6298 style), seconds; None until measured.
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+
+    async def query(self, data: bytes, *, deadline: float | None = None) -> bytes:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    # -------------------------------------------------------------- shared helpers
+
+    def _deadline(self, deadline: float | None) -> float:
+        if self._closed:
+            raise ConnectionFailed("upstream is closed", upstream=self.name)
+        loop = asyncio.get_running_loop()
+        return loop.time() + self.options.timeout if deadline is None else deadline
+
+    def _timed_out(self, deadline: float, e: BaseException) -> UpstreamTimeout:
+        self.stats.timeouts += 1
+        return UpstreamTimeout("no answer before the deadline", upstream=self.name)
+
+    def _observe_rtt(self, rtt: float) -> None:
+        if self.srtt is None:
+            self.srtt = rtt
+            self.rttvar = rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+    def liveness_bound(self) -> float:
+        """How long a reused, previously silent connection may stay silent before it counts as dead."""
+        o = self.options
+        if self.srtt is None:
+            return o.liveness_max
+        return min(o.liveness_max, max(o.liveness_min, 2 * (self.srtt + 4 * self.rttvar)))
+
+
+class Backoff:
+    """Jittered exponential backoff after dial failures."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.failures = 0
+        self.until = 0.0
+        self.error: UpstreamError | None = None
+
+    def failed(self, now: float, error: UpstreamError) -> None:
+        self.failures += 1
+        delay = min(self.maximum, self.minimum * 2 ** (self.failures - 1))
+        self.until = now + delay * random.uniform(0.5, 1.5)
+        self.error = error
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.until = 0.0
+        self.error = None
+
+    def blocking(self, now: float) -> UpstreamError | None:
+        """The error to fail fast with while backing off, else None."""
+        return self.error if self.error is not None and now < self.until else None
+
+
+class Waiters:
+    """Queries waiting for a connection or for capacity; each gets its own future (cancel-safe)."""
+
+    def __init__(self) -> None:
+        self._futures: list[asyncio.Future] = []
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    async def wait(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._futures.append(fut)
+        try:
+            await fut
+        finally:
+            if not fut.done():
+                fut.cancel()
+            try:
+                self._futures.remove(fut)
+            except ValueError:
+                pass
+
+    def wake(self) -> None:
+        futures, self._futures = self._futures, []
+        for fut in futures:
+            if not fut.done():
+                fut.set_result(None)

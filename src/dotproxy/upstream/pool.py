@@ -1,0 +1,393 @@
+"""The connection pool shared by DoT, TCP and DoH upstreams.
+
+A pool keeps up to ``pool_size`` connections and sends each query on the least
+loaded one, up to ``max_outstanding`` per connection; it dials single-flight (a
+cold burst makes one handshake per connection it needs), backs off with jitter
+after failed dials, and owns its dialling tasks.
+
+A reused connection can be dead without knowing it (the server or a NAT dropped
+it while idle, the machine slept). Such a connection either fails at once (EOF,
+RST) or stays silent: a query sent on a connection that was quiet for
+``quiet_after`` arms a check, and silence past an adaptive bound derived from
+the upstream's RTT retires the connection. Either way the queries on it are
+re-sent once on a fresh connection within their deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+
+from dotproxy import wire
+from dotproxy.config import UpstreamURL
+from dotproxy.errors import ConnectionFailed, TLSVerificationFailed, UpstreamError
+from dotproxy.io.tls import ResumingContext, check_pins, describe_tls_error
+from dotproxy.tasks import TaskOwner
+from dotproxy.upstream.base import Backoff, Upstream, UpstreamOptions, Waiters
+
+log = logging.getLogger("dotproxy.upstream")
+
+
+class Resend(Exception):
+    """Internal: the query did not get an answer on its connection and may be sent on another.
+
+    ``free``: the server provably never processed it (GOAWAY, REFUSED_STREAM), so
+    the move does not use up the query's one retry.
+    """
+
+    def __init__(self, reason: str, *, free: bool = False) -> None:
+        super().__init__(reason)
+        self.free = free
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP, or already gone
+            pass
+
+
+class PooledConnection(asyncio.Protocol):
+    """The transport glue shared by pooled connections: writes batched per loop
+    iteration, idle close, the liveness check of reused connections.
+
+    Subclasses hold a sans-IO core with ``send_query``/``cancel``/``receive_data``/
+    ``data_to_send``/``connection_lost``/``last_received`` and turn its events
+    into results for ``self.waiters``.
+    """
+
+    core: object
+
+    def __init__(self, pool: PooledUpstream, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.waiters: dict[int, asyncio.Future] = {}
+        self.ready = False
+        self.draining = False  # takes no new queries; closes when its last one is answered
+        self.closed = loop.create_future()
+        self.last_activity = loop.time()
+        self.idle_timeout = pool.options.idle_timeout
+        self._flush_scheduled = False
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._liveness_handle: asyncio.TimerHandle | None = None
+        self._liveness_armed_at = 0.0
+        self._session_kept = False
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        set_nodelay(transport)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ready = False
+        for handle in (self._idle_handle, self._liveness_handle):
+            if handle is not None:
+                handle.cancel()
+        self.core.connection_lost()
+        waiters, self.waiters = self.waiters, {}
+        reason = f"connection lost: {exc}" if exc else "connection closed by the server"
+        for fut in waiters.values():
+            if not fut.done():
+                fut.set_exception(Resend(reason))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.pool._forget(self)
+
+    # ------------------------------------------------------------ the pool's side
+
+    def start(self) -> None:
+        """The handshake is done: take queries, watch idleness."""
+        self.ready = True
+        self.last_activity = self.loop.time()
+        self._idle_handle = self.loop.call_at(self.last_activity + self.idle_timeout, self._idle_check)
+
+    @property
+    def load(self) -> int:
+        return len(self.waiters)
+
+    @property
+    def usable(self) -> bool:
+        return self.ready and not self.draining
+
+    async def ask(self, data: bytes, query: wire.Query) -> bytes:
+        now = self.loop.time()
+        query_id = self.core.send_query(data, now, query)
+        fut = self.loop.create_future()
+        self.waiters[query_id] = fut
+        if self._liveness_handle is None and now - self.last_heard() > self.pool.options.quiet_after:
+            self._liveness_armed_at = now
+            self._liveness_handle = self.loop.call_at(now + self.pool.liveness_bound(), self._liveness_check)
+            self.probe(now)
+        self.schedule_flush()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if self.waiters.pop(query_id, None) is not None:
+                self.core.cancel(query_id)
+                self.schedule_flush()
+                self.cancelled()
+            raise
+
+    def probe(self, now: float) -> None:
+        """Hook: ask the server for a sign of life (DoH sends a PING)."""
+
+    def cancelled(self) -> None:
+        """Hook: a query was cancelled."""
+
+    def answered(self, now: float) -> None:
+        """Book-keeping after a read that completed queries."""
+        self.last_activity = now
+        pool = self.pool
+        if not self._session_kept and pool.tls is not None:
+            self._session_kept = True
+            ssl_object = self.transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                pool.tls.remember(ssl_object)
+        if self.draining and not self.waiters:
+            self.transport.close()
+        elif pool._waiters:
+            pool._waiters.wake()
+
+    def resolve(self, query_id: int, data: bytes) -> None:
+        fut = self.waiters.pop(query_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(data)
+
+    def reject(self, query_id: int, error: BaseException) -> None:
+        fut = self.waiters.pop(query_id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(error)
+
+    def retire(self) -> None:
+        """Take no new queries; close once the in-flight ones are answered."""
+        self.draining = True
+        if not self.waiters and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ------------------------------------------------------------ timers and writes
+
+    def last_heard(self) -> float:
+        last = self.core.last_received
+        return self.last_activity if last is None else max(last, self.last_activity)
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.core.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _idle_check(self) -> None:
+        self._idle_handle = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        due = self.last_activity + self.idle_timeout
+        if self.waiters or now < due:
+            self._idle_handle = self.loop.call_at(max(due, now + 0.05), self._idle_check)
+            return
+        self.ready = False
+        self.close_gracefully()
+
+    def close_gracefully(self) -> None:
+        self.transport.close()
+
+    def _liveness_check(self) -> None:
+        self._liveness_handle = None
+        last = self.core.last_received
+        if (last is not None and last >= self._liveness_armed_at) or not self.waiters:
+            return  # it spoke, or nobody is waiting on it
+        self.pool.stats.liveness_failures += 1
+        log.info("%s: a reused connection stayed silent for %.2fs: replacing it", self.pool.name,
+                 self.loop.time() - self._liveness_armed_at)
+        self.ready = False
+        self.abort()
+
+
+class PooledUpstream(Upstream):
+    """An upstream served by a pool of :class:`PooledConnection` to one server."""
+
+    connection_class: type[PooledConnection]
+
+    def __init__(self, url: UpstreamURL, options: UpstreamOptions, *, tls: ResumingContext | None) -> None:
+        super().__init__(url, options)
+        self.tls = tls
+        self._pins = frozenset(options.spki_pins)
+        self._conns: list[PooledConnection] = []
+        self._dialing = False
+        self._waiters = Waiters()
+        self._backoff = Backoff(options.backoff_min, options.backoff_max)
+        self._tasks = TaskOwner(f"upstream {self.name}")
+
+    # ------------------------------------------------------------ public API
+
+    async def query(self, data: bytes, *, deadline: float | None = None) -> bytes:
+        deadline = self._deadline(deadline)
+        parsed = wire.parse_query(data)
+        self.stats.queries += 1
+        retried = False
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    conn = await self._acquire(fresh=retried)
+                    try:
+                        answer = await conn.ask(data, parsed)
+                    except Resend as e:
+                        if self._closed or (retried and not e.free):
+                            raise ConnectionFailed(str(e), upstream=self.name) from e
+                        retried = retried or not e.free
+                        self.stats.retries += 1
+                        continue
+                    self.stats.answers += 1
+                    return answer
+        except UpstreamError:
+            self.stats.failures += 1
+            raise
+        except TimeoutError as e:
+            raise self._timed_out(deadline, e) from e
+
+    async def aclose(self) -> None:
+        """Close every connection and stop dialling; returns when no socket is left."""
+        self._closed = True
+        await self._tasks.aclose()
+        conns = list(self._conns)
+        for conn in conns:
+            conn.abort()
+        if conns:
+            await asyncio.wait([c.closed for c in conns], timeout=2.0)
+        self._waiters.wake()
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    # ------------------------------------------------------------ choosing and dialling
+
+    def _pick(self, fresh: bool, now: float) -> PooledConnection | None:
+        """The least loaded usable connection with room; with ``fresh``, only one heard from lately."""
+        best = None
+        quiet_after = self.options.quiet_after
+        for conn in self._conns:
+            if conn.usable and conn.load < self.capacity(conn) and (best is None or conn.load < best.load):
+                if fresh and now - conn.last_heard() > quiet_after:
+                    continue
+                best = conn
+        return best
+
+    def _make_room(self, now: float) -> None:
+        """A retry needs a fresh connection and the pool is full of quiet ones: drop the quietest idle one."""
+        idle = [c for c in self._conns if not c.waiters]
+        if idle:
+            min(idle, key=lambda c: c.last_heard()).abort()
+
+    def capacity(self, conn: PooledConnection) -> int:
+        return self.options.max_outstanding
+
+    def refusing(self, now: float) -> UpstreamError | None:
+        """Hook: an error to fail new queries with at once (DoH after a 429)."""
+        return None
+
+    async def _acquire(self, fresh: bool = False) -> PooledConnection:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._closed:
+                raise ConnectionFailed("upstream is closed", upstream=self.name)
+            now = loop.time()
+            error = self.refusing(now)
+            if error is not None:
+                raise error
+            conn = self._pick(fresh, now)
+            room = len(self._conns) < self.options.pool_size and not self._dialing
+            if fresh and conn is None and not room and not self._dialing:
+                self._make_room(now)
+            if conn is not None:
+                if room and conn.load >= self.options.spread_at and self._backoff.blocking(now) is None:
+                    self._dial()
+                return conn
+            error = self._backoff.blocking(now)
+            if error is not None:
+                raise type(error)(f"{error.args[0]} (next attempt in {self._backoff.until - now:.1f}s)")
+            if room:
+                self._dial()
+            await self._waiters.wait()
+
+    def _dial(self) -> None:
+        self._dialing = True
+        self._tasks.spawn(self._connect(), name=f"dial {self.name}")
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stats.dials += 1
+        conn = self.connection_class(self, loop)
+        url = self.url
+        try:
+            try:
+                async with asyncio.timeout(self.options.connect_timeout):
+                    transport, _ = await loop.create_connection(
+                        lambda: conn, url.host, url.port,
+                        ssl=self.tls,
+                        server_hostname=url.auth_name if self.tls is not None else None,
+                        ssl_handshake_timeout=self.options.connect_timeout if self.tls is not None else None,
+                    )
+            except TimeoutError as e:
+                raise ConnectionFailed(f"connecting timed out after {self.options.connect_timeout}s",
+                                       upstream=self.name) from e
+            except ssl.SSLCertVerificationError as e:
+                raise TLSVerificationFailed(describe_tls_error(e), upstream=self.name) from e
+            except ssl.SSLError as e:
+                raise ConnectionFailed(describe_tls_error(e), upstream=self.name) from e
+            except OSError as e:
+                raise ConnectionFailed(f"cannot connect to {url.host}:{url.port}: {e.strerror or e}",
+                                       upstream=self.name) from e
+            if self.tls is not None:
+                ssl_object = transport.get_extra_info("ssl_object")
+                try:
+                    check_pins(ssl_object, self._pins, self.name)
+                    self.check_session(transport)
+                except UpstreamError:
+                    transport.abort()
+                    raise
+                self.stats.handshakes += 1
+                if ssl_object.session_reused:
+                    self.stats.resumed += 1
+            if self._closed:
+                transport.abort()
+                return
+            conn.start()
+            self._conns.append(conn)
+            self.stats.connections_open += 1
+            self._backoff.succeeded()
+        except UpstreamError as e:
+            self.stats.dial_failures += 1
+            self._backoff.failed(loop.time(), e)
+            log.warning("%s", e)
+        finally:
+            self._dialing = False
+            self._waiters.wake()
+
+    def check_session(self, transport: asyncio.Transport) -> None:
+        """Hook: check the negotiated session (DoH: ALPN must be h2)."""
+
+    def _forget(self, conn: PooledConnection) -> None:
+        if conn in self._conns:
+            self._conns.remove(conn)
+            self.stats.connections_open -= 1
+        if self._waiters:
+            self._waiters.wake()

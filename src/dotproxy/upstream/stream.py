@@ -1,0 +1,62 @@
+"""Pooled, pipelined DNS-over-TLS (RFC 7858) and DNS-over-TCP (RFC 7766) upstreams.
+
+Many queries are in flight per connection and answered in any order; all the
+queries queued in one loop iteration leave in one write (one TLS record).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dotproxy.proto.dot import (
+    AnswerReceived,
+    KeepaliveReceived,
+    LateAnswerDropped,
+    StreamClient,
+    UnexpectedAnswerDropped,
+)
+from dotproxy.upstream.pool import PooledConnection, PooledUpstream
+
+log = logging.getLogger("dotproxy.upstream")
+
+
+class StreamConnection(PooledConnection):
+    """One DoT or TCP connection around a sans-IO :class:`StreamClient`."""
+
+    def __init__(self, pool: StreamUpstream, loop) -> None:
+        super().__init__(pool, loop)
+        encrypted = pool.tls is not None
+        o = pool.options
+        self.core = StreamClient(pad_block=o.pad_block if encrypted else None, keepalive=o.keepalive and encrypted)
+
+    def data_received(self, data: bytes) -> None:
+        now = self.loop.time()
+        pool = self.pool
+        stats = pool.stats
+        answered = False
+        for event in self.core.receive_data(data, now):
+            kind = type(event)
+            if kind is AnswerReceived:
+                answered = True
+                self.resolve(event.query_id, event.data)
+                pool._observe_rtt(event.rtt)
+            elif kind is LateAnswerDropped:
+                stats.late_answers += 1
+            elif kind is UnexpectedAnswerDropped:
+                stats.unexpected_answers += 1
+                log.debug("%s: dropped an answer: %s", pool.name, event.reason)
+            elif kind is KeepaliveReceived:
+                # The server closes idle connections after this: close a little before it does.
+                self.idle_timeout = min(pool.options.idle_timeout, event.timeout * 0.9)
+        if answered:
+            self.answered(now)
+
+    def cancelled(self) -> None:
+        if self.core.orphans > self.pool.options.max_orphans:
+            self.retire()
+
+
+class StreamUpstream(PooledUpstream):
+    """A pool of pipelined DoT (``tls`` given) or plain TCP (``tls=None``) connections to one server."""
+
+    connection_class = StreamConnection

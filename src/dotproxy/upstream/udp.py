@@ -1,0 +1,127 @@
+"""Plain UDP upstream (split DNS to a local resolver, comparisons), with TC -> TCP retry.
+
+One connected UDP socket carries every query; each gets a random, unused
+message ID, and an answer must come from the server's address with the query's
+ID and question. A query is resent every ``udp_retry`` seconds until its
+deadline; a truncated answer (TC=1) is asked again over TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from dotproxy import wire
+from dotproxy.config import UpstreamURL
+from dotproxy.errors import ConnectionFailed, UpstreamError, WireError
+from dotproxy.upstream.base import Upstream, UpstreamOptions
+from dotproxy.upstream.stream import StreamUpstream
+
+log = logging.getLogger("dotproxy.upstream")
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, upstream: UdpUpstream) -> None:
+        self.upstream = upstream
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.upstream._received(data)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("%s: %s", self.upstream.name, exc)  # ICMP unreachable: the resend/deadline handles it
+
+    def connection_lost(self, exc) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.upstream._lost()
+
+
+class UdpUpstream(Upstream):
+    def __init__(self, url: UpstreamURL, options: UpstreamOptions) -> None:
+        super().__init__(url, options)
+        self._transport: asyncio.DatagramTransport | None = None
+        self._protocol: _Datagrams | None = None
+        self._open_lock = asyncio.Lock()
+        # wire ID -> (future, client ID, (qname_wire, qtype, qclass))
+        self._pending: dict[int, tuple[asyncio.Future, int, tuple]] = {}
+        tcp_url = UpstreamURL("tcp", url.host, url.port, None, "", f"tcp://{url.authority}")
+        self._tcp = StreamUpstream(tcp_url, options, tls=None)
+
+    async def query(self, data: bytes, *, deadline: float | None = None) -> bytes:
+        deadline = self._deadline(deadline)
+        parsed = wire.parse_query(data)
+        self.stats.queries += 1
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(deadline):
+                transport = await self._open()
+                wire_id = random.getrandbits(16)
+                while wire_id in self._pending:
+                    wire_id = random.getrandbits(16)
+                fut = loop.create_future()
+                self._pending[wire_id] = (fut, parsed.id, (parsed.qname_wire, parsed.qtype, parsed.qclass))
+                out = wire.set_id(data, wire_id)
+                try:
+                    while True:
+                        transport.sendto(out)
+                        sent = loop.time()
+                        done, _ = await asyncio.wait([fut], timeout=self.options.udp_retry)
+                        if done:
+                            break
+                finally:
+                    self._pending.pop(wire_id, None)
+                answer = fut.result()
+                self._observe_rtt(loop.time() - sent)
+                if wire.scan_response(answer).tc:
+                    return await self._tcp.query(data, deadline=deadline)
+                self.stats.answers += 1
+                return wire.set_id(answer, parsed.id)
+        except UpstreamError:
+            self.stats.failures += 1
+            raise
+        except TimeoutError as e:
+            raise self._timed_out(deadline, e) from e
+
+    async def _open(self) -> asyncio.DatagramTransport:
+        async with self._open_lock:  # one socket, however many queries arrive at once
+            if self._transport is None:
+                try:
+                    self._transport, self._protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+                        lambda: _Datagrams(self), remote_addr=(self.url.host, self.url.port))
+                except OSError as e:
+                    raise ConnectionFailed(f"cannot open a UDP socket to {self.url.authority}: {e}",
+                                           upstream=self.name) from e
+            return self._transport
+
+    def _received(self, data: bytes) -> None:
+        try:
+            info = wire.scan_response(data)
+        except WireError:
+            self.stats.unexpected_answers += 1
+            return
+        entry = self._pending.get(info.id)
+        if entry is None:
+            self.stats.late_answers += 1
+            return
+        fut, _client_id, question = entry
+        if info.qdcount and (info.qname_wire, info.qtype, info.qclass) != question:
+            self.stats.unexpected_answers += 1
+            return
+        if not fut.done():
+            fut.set_result(data)
+
+    def _lost(self) -> None:
+        self._transport = None
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for fut, _cid, _q in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionFailed("upstream closed", upstream=self.name))
+                fut.exception()
+        if self._transport is not None:
+            self._transport.close()
+            await asyncio.wait([self._protocol.closed], timeout=1.0)
+        await self._tcp.aclose()
