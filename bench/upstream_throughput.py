@@ -27,6 +27,7 @@ import dns.asyncquery
 import dns.message
 
 from dotproxy import upstream
+from dotproxy.io.loop import loop_factory
 
 TARGET_DOT = 20.0
 
@@ -179,11 +180,8 @@ def main() -> int:
     p.add_argument("--json")
     p.add_argument("--no-uvloop", action="store_true")
     args = p.parse_args()
-    if args.no_uvloop:
-        return asyncio.run(main_async(args))
-    import uvloop
-
-    return uvloop.run(main_async(args))
+    with asyncio.Runner(loop_factory=loop_factory(not args.no_uvloop)) as runner:
+        return runner.run(main_async(args))
 
 
 if __name__ == "__main__":

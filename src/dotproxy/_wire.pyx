@@ -242,9 +242,9 @@ cdef str _name_text(bytes wire):
                 o += 2
             else:
                 buf[o] = b'\\'
-                buf[o + 1] = b'0' + c // 100
-                buf[o + 2] = b'0' + (c // 10) % 10
-                buf[o + 3] = b'0' + c % 10
+                buf[o + 1] = 0x30 + c // 100
+                buf[o + 2] = 0x30 + (c // 10) % 10
+                buf[o + 3] = 0x30 + c % 10
                 o += 4
         off += length + 1
         length = p[off]
@@ -518,18 +518,18 @@ def set_id(data, id):
     return out
 
 
-def age_ttls(data, long long seconds):
+def age_ttls(data, seconds):
     """Every RR TTL except OPT's lowered by ``seconds``, floored at 0."""
     cdef bytes b = _as_bytes(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
     cdef Layout lay
     cdef bytes out
+    cdef uint32_t by
     if seconds < 0:
         raise ValueError(f"cannot age TTLs by a negative time: {seconds}")
-    if seconds > 0xFFFFFFFF:
-        seconds = 0xFFFFFFFF
+    by = 0xFFFFFFFF if seconds > 0xFFFFFFFF else seconds  # any TTL is gone by then
     out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), n)
-    _walk_message(<const uint8_t*>PyBytes_AS_STRING(b), n, &lay, <uint8_t*>PyBytes_AS_STRING(out), <uint32_t>seconds)
+    _walk_message(<const uint8_t*>PyBytes_AS_STRING(b), n, &lay, <uint8_t*>PyBytes_AS_STRING(out), by)
     return out
 
 
@@ -563,7 +563,7 @@ cdef Py_ssize_t _put_opt(uint8_t* o, int rcode, bint do, Py_ssize_t rdlen) noexc
     return 11
 
 
-def make_error(query, int rcode, *, ede=None):
+def make_error(query, rcode_value, *, ede=None):
     """An error answer to ``query`` with ``rcode``; see ``dotproxy.wire``."""
     cdef bytes b = _as_bytes(query)
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
@@ -577,10 +577,12 @@ def make_error(query, int rcode, *, ede=None):
     cdef int info_code = 0
     cdef bytes out
     cdef uint8_t* w
+    cdef int rcode
     if n < 12:
         _fail("short header")
-    if not 0 <= rcode <= 0xFFF:
-        raise ValueError(f"rcode out of range: {rcode}")
+    if not 0 <= rcode_value <= 0xFFF:
+        raise ValueError(f"rcode out of range: {rcode_value}")
+    rcode = rcode_value
     try:
         _walk_message(p, n, &lay, NULL, 0)
     except WireError:
@@ -621,7 +623,7 @@ def make_error(query, int rcode, *, ede=None):
     return out
 
 
-def truncate(response, Py_ssize_t max_size):
+def truncate(response, max_size_value):
     """Fit ``response`` into ``max_size`` bytes, setting TC when anything is dropped."""
     cdef bytes b = _as_bytes(response)
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
@@ -631,10 +633,12 @@ def truncate(response, Py_ssize_t max_size):
     cdef int qdcount
     cdef bytes out
     cdef uint8_t* w
-    if max_size < 12:
-        raise ValueError(f"no DNS message fits in {max_size} bytes")
-    if n <= max_size:
+    cdef Py_ssize_t max_size
+    if max_size_value < 12:
+        raise ValueError(f"no DNS message fits in {max_size_value} bytes")
+    if n <= max_size_value:
         return b
+    max_size = max_size_value  # below n here, so it fits
     _walk_message(p, n, &lay, NULL, 0)
     qend = lay.qend
     qdcount = _u16(p + 4)
@@ -658,7 +662,7 @@ def truncate(response, Py_ssize_t max_size):
     return out
 
 
-def pad(query, Py_ssize_t block=128, *, bint keepalive=False):
+def pad(query, block_value=128, *, bint keepalive=False):
     """RFC 7830 padding to a multiple of ``block`` bytes; see ``dotproxy.wire``."""
     cdef bytes b = _as_bytes(query)
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
@@ -670,8 +674,10 @@ def pad(query, Py_ssize_t block=128, *, bint keepalive=False):
     cdef int arcount
     cdef int code
     cdef Py_ssize_t extra = 4 if keepalive else 0  # an empty edns-tcp-keepalive option
-    if block < 1:
-        raise ValueError(f"padding block must be positive: {block}")
+    cdef Py_ssize_t block
+    if block_value < 1:
+        raise ValueError(f"padding block must be positive: {block_value}")
+    block = 0x20000 if block_value > 0x20000 else block_value  # past 65535 every block pads too far
     _walk_message(p, n, &lay, NULL, 0)
     if lay.opt_index >= 0 and lay.opt_index != lay.nrecords - 1:
         # Records after the OPT (a TSIG) sign the bytes before them: leave the message alone.
