@@ -79,7 +79,12 @@ def pytest_configure(config):
         "dotproxy",
         deadline=None,
         max_examples=int(os.environ.get("DOTPROXY_HYPOTHESIS_EXAMPLES", "200")),
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+            HealthCheck.function_scoped_fixture,  # the wire modules are the same for every example
+        ],
         derandomize=bool(os.environ.get("CI")),
         database=None,
     )

@@ -29,7 +29,9 @@ The API
     authority records. NXDOMAIN, or NOERROR without answers (NODATA): the RFC 2308
     negative TTL, min(SOA TTL, SOA MINIMUM) over the authority SOAs, lowered by
     any answer TTL (a CNAME chain); ``None`` without an SOA. Any other rcode:
-    ``None``. TTLs above 2**31-1 count as 0 (RFC 2181 section 8).
+    ``None``. TTLs above 2**31-1 count as 0 (RFC 2181 section 8). An authority
+    SOA must be well formed (MNAME, RNAME, then exactly 20 bytes), else
+    ``WireError("bad SOA")``: a cache never takes a TTL from a broken record.
 
 ``set_id(data, id) -> bytes``
     The message with its ID replaced.
@@ -63,7 +65,11 @@ The API
     The message without its OPT record: the answer to a client that sent no
     EDNS when we added one upstream (unchanged when records follow the OPT).
 
-Malformed input raises :class:`dotproxy.errors.WireError` and nothing else.
+Malformed input raises :class:`dotproxy.errors.WireError` and nothing else. Its
+``reason`` is one of: "short header", "not a query", "not a response",
+"QDCOUNT is not 1", "QDCOUNT above 1", "name runs past the end", "label too
+long", "name too long", "bad compression pointer", "record runs past the end",
+"bad OPT", "bad SOA", "trailing data".
 """
 
 from __future__ import annotations

@@ -24,6 +24,25 @@ TTL_CAP = 2**31 - 1
 SOA = 6
 OPT = 41
 
+#: Every WireError reason the spec knows.
+REASONS = frozenset(
+    {
+        "short header",
+        "not a query",
+        "not a response",
+        "QDCOUNT is not 1",
+        "QDCOUNT above 1",
+        "name runs past the end",
+        "label too long",
+        "name too long",
+        "bad compression pointer",
+        "record runs past the end",
+        "bad OPT",
+        "trailing data",
+        "bad SOA",
+    }
+)
+
 QUERY_ATTRS = ("id", "opcode", "rd", "cd", "ad", "qname", "qname_wire", "qtype", "qclass")
 EDNS_ATTRS = ("udp_size", "do", "version", "options")
 RESPONSE_ATTRS = (
@@ -34,6 +53,7 @@ RESPONSE_ATTRS = (
     "ra",
     "ad",
     "qname",
+    "qname_wire",
     "qtype",
     "qclass",
     "qdcount",
@@ -54,9 +74,26 @@ def cap(ttl: int) -> int:
 # --------------------------------------------------------------------------
 
 
+def _check_types(obj, ints=(), bools=(), optional_ints=()):
+    for a in ints:
+        v = getattr(obj, a)
+        assert type(v) is int, f"{type(obj).__name__}.{a} is {type(v).__name__}, not int"
+    for a in optional_ints:
+        v = getattr(obj, a)
+        assert v is None or type(v) is int, f"{type(obj).__name__}.{a} is {type(v).__name__}, not int or None"
+    for a in bools:
+        v = getattr(obj, a)
+        assert type(v) is bool, f"{type(obj).__name__}.{a} is {type(v).__name__}, not bool"
+
+
 def edns_tuple(e):
     if e is None:
         return None
+    _check_types(e, ints=("udp_size", "version"), bools=("do",))
+    assert type(e.options) is list, f"Edns.options is {type(e.options).__name__}, not list"
+    for opt in e.options:
+        assert type(opt) is tuple and len(opt) == 2, f"option {opt!r} is not a (code, data) tuple"
+        assert type(opt[0]) is int and type(opt[1]) is bytes, f"option {opt!r} is not (int, bytes)"
     return {
         "udp_size": e.udp_size,
         "do": e.do,
@@ -66,22 +103,35 @@ def edns_tuple(e):
 
 
 def query_dict(q) -> dict:
+    _check_types(q, ints=("id", "opcode", "qtype", "qclass"), bools=("rd", "cd", "ad"))
+    assert type(q.qname) is str and type(q.qname_wire) is bytes
     d = {a: getattr(q, a) for a in QUERY_ATTRS}
     d["edns"] = edns_tuple(q.edns)
     return d
 
 
 def response_dict(r) -> dict:
-    return {a: getattr(r, a) for a in RESPONSE_ATTRS}
+    _check_types(
+        r,
+        ints=("id", "rcode", "qdcount", "ancount", "nscount", "arcount"),
+        bools=("tc", "aa", "ra", "ad"),
+        optional_ints=("qtype", "qclass", "min_ttl"),
+    )
+    assert r.qname is None or type(r.qname) is str
+    assert r.qname_wire is None or type(r.qname_wire) is bytes
+    d = {a: getattr(r, a) for a in RESPONSE_ATTRS}
+    d["edns"] = edns_tuple(r.edns)
+    return d
 
 
 def plain(value):
     """A comparable form of any API result."""
     if isinstance(value, (bytes, bytearray)):
         return ("bytes", bytes(value))
-    if hasattr(value, "qname_wire"):
+    kind = type(value).__name__
+    if kind == "Query":
         return ("query", query_dict(value))
-    if hasattr(value, "min_ttl"):
+    if kind == "ResponseInfo":
         return ("response", response_dict(value))
     return ("other", repr(value))
 
@@ -213,18 +263,22 @@ def from_wire(wire: bytes) -> dns.message.Message:
     return dns.message.from_wire(wire, one_rr_per_rrset=True, ignore_trailing=False)
 
 
+def _oracle_edns(m):
+    if m.edns < 0:
+        return None
+    return {
+        "udp_size": m.payload,
+        "do": bool(m.ednsflags & dns.flags.DO),
+        "version": m.edns,
+        "options": [(int(o.otype), o.to_wire()) for o in m.options],
+    }
+
+
 def oracle_query(wire: bytes) -> dict:
     m = from_wire(wire)
     q = m.question[0]
     flags = m.flags
-    edns = None
-    if m.edns >= 0:
-        edns = {
-            "udp_size": m.payload,
-            "do": bool(m.ednsflags & dns.flags.DO),
-            "version": m.edns,
-            "options": [(int(o.otype), o.to_wire()) for o in m.options],
-        }
+    edns = _oracle_edns(m)
     return {
         "id": m.id,
         "opcode": int(m.opcode()),
@@ -263,8 +317,9 @@ def oracle_response(wire: bytes) -> dict:
     if m.question:
         q = m.question[0]
         qname, qtype, qclass = expected_qname(q.name), int(q.rdtype), int(q.rdclass)
+        qname_wire = expected_qname_wire(q.name)
     else:
-        qname = qtype = qclass = None
+        qname = qname_wire = qtype = qclass = None
     # TTLs: raw from the walker (dnspython already caps them on parsing, and merges
     # nothing here thanks to one_rr_per_rrset); cross-check the two views.
     answer = [rr for rr in w.rrs if rr.section == 1]
@@ -286,6 +341,7 @@ def oracle_response(wire: bytes) -> dict:
         "ra": bool(flags & dns.flags.RA),
         "ad": bool(flags & dns.flags.AD),
         "qname": qname,
+        "qname_wire": qname_wire,
         "qtype": qtype,
         "qclass": qclass,
         "qdcount": qd,
@@ -293,6 +349,7 @@ def oracle_response(wire: bytes) -> dict:
         "nscount": ns,
         "arcount": ar,
         "min_ttl": expected_min_ttl(rcode, [rr.ttl for rr in answer], authority, an),
+        "edns": _oracle_edns(m),
     }
 
 
@@ -356,8 +413,8 @@ def expected_truncated(resp: bytes, max_size: int) -> bytes:
     return struct.pack("!HHHHHH", mid, flags, 0, 0, 0, 0)
 
 
-def strip_padding(wire: bytes) -> tuple[bytes, bool]:
-    """The message with any Padding option removed (OPT kept), and whether it had an OPT."""
+def strip_padding(wire: bytes, codes=(12,)) -> tuple[bytes, bool]:
+    """The message with any option of ``codes`` removed (OPT kept), and whether it had an OPT."""
     w = walk(wire)
     opt = w.opt()
     if opt is None:
@@ -367,11 +424,27 @@ def strip_padding(wire: bytes) -> tuple[bytes, bool]:
     i = 0
     while i < len(rdata):
         code, ln = struct.unpack_from("!HH", rdata, i)
-        if code != 12:
+        if code not in codes:
             kept += rdata[i : i + 4 + ln]
         i += 4 + ln
     new_opt = wire[opt.start : opt.rdata_off - 2] + struct.pack("!H", len(kept)) + kept
     return wire[: opt.start] + new_opt + wire[opt.end :], True
+
+
+def expected_stripped(wire: bytes) -> bytes:
+    """strip_opt: the message without its OPT record (unchanged without one, or
+    when records follow it)."""
+    w = walk(wire)
+    opt = w.opt()
+    if opt is None or opt is not w.rrs[-1]:
+        return wire
+    ar = w.counts[3] - 1
+    return wire[:10] + struct.pack("!H", ar) + wire[12 : opt.start]
+
+
+def opt_is_last(wire: bytes) -> bool:
+    w = walk(wire)
+    return w.opt() is None or w.opt() is w.rrs[-1]
 
 
 def options_of(wire: bytes):
@@ -389,10 +462,13 @@ def options_of(wire: bytes):
     return out
 
 
-def check_padded(query: bytes, padded: bytes, block: int) -> None:
-    """Everything the spec says about ``pad(query, block)``."""
-    stripped, had_opt = strip_padding(query)
-    base = len(stripped) + 4 + (0 if had_opt else 11)
+def check_padded(query: bytes, padded: bytes, block: int, keepalive: bool = False) -> None:
+    """Everything the spec says about ``pad(query, block, keepalive=keepalive)``."""
+    if not opt_is_last(query):
+        assert padded == query, "a message with records after its OPT is returned unchanged"
+        return
+    stripped, had_opt = strip_padding(query, (12, 11) if keepalive else (12,))
+    base = len(stripped) + 4 + (4 if keepalive else 0) + (0 if had_opt else 11)
     want_len = -(-base // block) * block
     assert len(padded) % block == 0, (len(padded), block)
     assert len(padded) == want_len, f"padded to {len(padded)}, smallest multiple of {block} is {want_len}"
@@ -423,4 +499,7 @@ def check_padded(query: bytes, padded: bytes, block: int) -> None:
     assert len(pads) == 1, opts
     assert pads[0] == b"\x00" * len(pads[0])
     before = options_of(stripped) or []
-    assert [o for o in opts if o[0] != 12] == before
+    ignored = (12, 11) if keepalive else (12,)
+    assert [o for o in opts if o[0] not in ignored] == before
+    if keepalive:
+        assert [o for o in opts if o[0] == 11] == [(11, b"")]

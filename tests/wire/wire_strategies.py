@@ -156,13 +156,13 @@ def queries(draw, allow_records=True):
         if draw(p):
             flags |= f
     q.flags = flags
-    q.set_opcode(draw(st.sampled_from([0, 0, 0, 1, 2, 4, 5, 15])))
+    q.set_opcode(draw(st.sampled_from([0, 0, 0, 1, 2, 4, 6, 15])))
     _apply_edns(q, draw(edns_params))
     if allow_records and draw(st.integers(0, 5)) == 0:
         pool = st.one_of(st.just(name), names)
         for section in (q.answer, q.authority, q.additional):
             section.extend(draw(st.lists(records(pool), max_size=2)))
-    return q.to_wire()
+    return q.to_wire(max_size=65535)
 
 
 @st.composite
@@ -191,4 +191,4 @@ def responses(draw):
     if draw(st.booleans()):
         r.authority.extend(draw(st.lists(records(pool, st.just(6)), min_size=1, max_size=2)))
     r.additional.extend(draw(st.lists(records(pool), max_size=3)))
-    return r.to_wire()
+    return r.to_wire(max_size=65535)
