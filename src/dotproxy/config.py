@@ -60,19 +60,24 @@ def parse_upstream_url(url: str, *, where: str | None = None) -> UpstreamURL:
     where = where or "upstream"
     if not isinstance(url, str) or not url:
         raise ConfigError(f"expected an upstream URL such as tls://9.9.9.9:853#dns.quad9.net, got {url!r}", where=where)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as e:  # an unclosed IPv6 bracket, for one
+        raise ConfigError(f"{url!r}: not a valid URL ({e})", where=where) from e
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
         raise ConfigError(
             f"{url!r}: unsupported scheme {parts.scheme!r}; use tls://, https://, udp:// or tcp://", where=where
         )
-    host = parts.hostname
     if not host:
         raise ConfigError(f"{url!r}: no host", where=where)
     try:
         port = parts.port or DEFAULT_PORTS[scheme]
     except ValueError as e:
         raise ConfigError(f"{url!r}: bad port ({e})", where=where) from e
+    if parts.port == 0:
+        raise ConfigError(f"{url!r}: port 0 is not a port an upstream listens on", where=where)
     if parts.username or parts.password:
         raise ConfigError(f"{url!r}: credentials in an upstream URL are not supported", where=where)
     fragment = parts.fragment or None

@@ -70,6 +70,7 @@ class UpstreamError(DotproxyError):
     def __init__(self, message: str, *, upstream: str | None = None) -> None:
         super().__init__(f"{upstream}: {message}" if upstream else message)
         self.upstream = upstream
+        self.detail = message  # without the upstream's name
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):

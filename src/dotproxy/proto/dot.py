@@ -20,6 +20,8 @@ from dotproxy import wire
 from dotproxy.errors import NOERROR, WireError
 
 _U16_MAX = 0x10000
+# ". IN NS": every resolver answers it at once from its root priming; a probe asks it.
+_PROBE = b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"\x00\x00\x02\x00\x01"  # flags RD .. question
 
 
 # ----------------------------------------------------------------- events (past tense)
@@ -73,6 +75,7 @@ class StreamClient:
         self._next_id = first_id & 0xFFFF
         self._pending: dict[int, _Pending] = {}
         self._orphans: set[int] = set()
+        self._probes: set[int] = set()
         self._out: list[bytes] = []
         self._in = bytearray()
         self.last_received: float | None = None
@@ -105,12 +108,7 @@ class StreamClient:
         """
         if query is None:
             query = wire.parse_query(data)
-        if len(self._pending) + len(self._orphans) >= _U16_MAX:
-            raise OverflowError("every DNS message ID of this connection is in use")
-        query_id = self._next_id
-        while query_id in self._pending or query_id in self._orphans:
-            query_id = (query_id + 1) & 0xFFFF
-        self._next_id = (query_id + 1) & 0xFFFF
+        query_id = self._allocate_id()
         out = wire.set_id(data, query_id)
         if self._pad_block:
             out = wire.pad(out, self._pad_block, keepalive=self._keepalive)
@@ -122,6 +120,27 @@ class StreamClient:
         )
         self._out.append(len(out).to_bytes(2, "big"))
         self._out.append(out)
+        return query_id
+
+    def send_probe(self, now: float) -> int:
+        """Queue a query whose only purpose is an answer: proof that the connection is alive
+        (DoT has no PING). Its answer is dropped quietly."""
+        query_id = self._allocate_id()
+        out = query_id.to_bytes(2, "big") + _PROBE
+        if self._pad_block:
+            out = wire.pad(out, self._pad_block, keepalive=self._keepalive)
+        self._probes.add(query_id)
+        self._out.append(len(out).to_bytes(2, "big"))
+        self._out.append(out)
+        return query_id
+
+    def _allocate_id(self) -> int:
+        if len(self._pending) + len(self._orphans) + len(self._probes) >= _U16_MAX:
+            raise OverflowError("every DNS message ID of this connection is in use")
+        query_id = self._next_id
+        while query_id in self._pending or query_id in self._orphans or query_id in self._probes:
+            query_id = (query_id + 1) & 0xFFFF
+        self._next_id = (query_id + 1) & 0xFFFF
         return query_id
 
     def cancel(self, query_id: int) -> None:
@@ -142,6 +161,7 @@ class StreamClient:
         lost = list(self._pending)
         self._pending.clear()
         self._orphans.clear()
+        self._probes.clear()
         self._out.clear()
         self._in.clear()
         return lost
@@ -184,6 +204,8 @@ class StreamClient:
                 self._orphans.discard(wire_id)
                 self.late_answers += 1
                 events.append(LateAnswerDropped(wire_id))
+            elif wire_id in self._probes:
+                self._probes.discard(wire_id)
             else:
                 self.unexpected_answers += 1
                 events.append(UnexpectedAnswerDropped(wire_id, "no query has this ID"))

@@ -182,10 +182,6 @@ class TestUpstream:
                 self._ssl_contexts.append(ctx)
             loop = self._loop
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-            self._udp_transport, self._udp = await loop.create_datagram_endpoint(
-                lambda: _UDPEndpoint(self), local_addr=(self.host, 0), family=family
-            )
-            self._addresses["udp"] = self._udp_transport.get_extra_info("sockname")[:2]
             factories = {
                 "tcp": lambda: DNSStreamConnection(self, "tcp"),
                 "dot": lambda: DNSStreamConnection(self, "dot", dot_ctx),
@@ -195,10 +191,34 @@ class TestUpstream:
                 srv = await loop.create_server(factory, self.host, 0, family=family, backlog=1024)
                 self._servers[kind] = srv
                 self._addresses[kind] = srv.sockets[0].getsockname()[:2]
+            await self._bind_udp(family)
         except BaseException:
             await self.aclose()
             raise
         return self
+
+    async def _bind_udp(self, family: int) -> None:
+        """UDP on the TCP port's number, as a real DNS server has it, so that a client's
+        TC=1 retry over TCP reaches the same server; TCP is re-bound if that UDP port is taken."""
+        loop = self._loop
+        for _attempt in range(20):
+            port = self._addresses["tcp"][1]
+            try:
+                self._udp_transport, self._udp = await loop.create_datagram_endpoint(
+                    lambda: _UDPEndpoint(self), local_addr=(self.host, port), family=family
+                )
+            except OSError:
+                srv = self._servers.pop("tcp")
+                srv.close()
+                await srv.wait_closed()
+                srv = await loop.create_server(lambda: DNSStreamConnection(self, "tcp"), self.host, 0,
+                                               family=family, backlog=1024)
+                self._servers["tcp"] = srv
+                self._addresses["tcp"] = srv.sockets[0].getsockname()[:2]
+                continue
+            self._addresses["udp"] = self._udp_transport.get_extra_info("sockname")[:2]
+            return
+        raise OSError("no port free for both UDP and TCP on " + self.host)
 
     async def aclose(self) -> None:
         """Stop listening, drop every connection, cancel and await every task, remove the certificates."""

@@ -47,6 +47,9 @@ class UpstreamOptions:
         opts = cls(**options)
         if opts.pool_size < 1 or opts.max_outstanding < 1:
             raise ConfigError("pool_size and max_outstanding must be at least 1", where=where)
+        if opts.max_outstanding + opts.max_orphans >= 0xFFFF:
+            raise ConfigError("max_outstanding + max_orphans must stay below 65535: a connection has "
+                              "65536 message IDs", where=where)
         if opts.method not in ("POST", "GET"):
             raise ConfigError(f"method must be POST or GET, not {opts.method!r}", where=where)
         if opts.timeout <= 0 or opts.connect_timeout <= 0 or opts.idle_timeout <= 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from dotproxy.errors import ConnectionFailed, UpstreamError, UpstreamRefused
+from dotproxy.errors import BadResponse, ConnectionFailed, UpstreamError, UpstreamRefused
 from dotproxy.proto.doh import (
     AnswerReceived,
     ConnectionBroken,
@@ -59,6 +59,8 @@ class DohConnection(PooledConnection):
                 if event.retry:
                     self.reject(event.query_id, Resend("server refused the stream", free=True))
                 else:
+                    if isinstance(event.error, BadResponse):
+                        pool.stats.unexpected_answers += 1
                     pool._failed_with(event.error, now)
                     self.reject(event.query_id, event.error)
             elif kind is GoAwayReceived:
@@ -83,10 +85,9 @@ class DohConnection(PooledConnection):
     def probe(self, now: float) -> None:
         self.core.ping(now)
 
-    def close_gracefully(self) -> None:
+    def say_goodbye(self) -> None:
         self.core.close()
         self._flush()
-        self.transport.close()
 
 
 class DohUpstream(PooledUpstream):

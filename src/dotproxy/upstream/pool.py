@@ -77,6 +77,7 @@ class PooledConnection(asyncio.Protocol):
         self._liveness_handle: asyncio.TimerHandle | None = None
         self._liveness_armed_at = 0.0
         self._session_kept = False
+        self._close_started = False
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -153,7 +154,7 @@ class PooledConnection(asyncio.Protocol):
             if ssl_object is not None:
                 pool.tls.remember(ssl_object)
         if self.draining and not self.waiters:
-            self.transport.close()
+            self.close()
         elif pool._waiters:
             pool._waiters.wake()
 
@@ -168,10 +169,13 @@ class PooledConnection(asyncio.Protocol):
             fut.set_exception(error)
 
     def retire(self) -> None:
-        """Take no new queries; close once the in-flight ones are answered."""
+        """Take no new queries; close once the in-flight ones are answered.
+
+        It leaves the pool at once: a replacement may be dialled while it drains."""
         self.draining = True
+        self.pool._closing_started(self)
         if not self.waiters and self.transport is not None:
-            self.transport.close()
+            self.close()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -203,17 +207,42 @@ class PooledConnection(asyncio.Protocol):
         if self.waiters or now < due:
             self._idle_handle = self.loop.call_at(max(due, now + 0.05), self._idle_check)
             return
-        self.ready = False
-        self.close_gracefully()
+        self.close()
 
-    def close_gracefully(self) -> None:
+    def shorten_idle_timeout(self, timeout: float) -> None:
+        if timeout >= self.idle_timeout:
+            return
+        self.idle_timeout = timeout
+        if self._idle_handle is not None and not self._close_started:
+            self._idle_handle.cancel()
+            self._idle_handle = self.loop.call_at(self.last_activity + timeout, self._idle_check)
+
+    #: How long a closing TLS connection may wait for the server's close_notify.
+    CLOSE_GRACE = 1.0
+
+    def close(self) -> None:
+        """Close politely, leaving the pool at once: a TLS close waits for the peer's
+        close_notify (asyncio and uvloop: up to 30 s), which a dead path never sends,
+        and must not hold a pool slot meanwhile. Aborted after ``CLOSE_GRACE``."""
+        if self._close_started:
+            return
+        self._close_started = True
+        self.ready = False
+        self.pool._closing_started(self)
+        self.say_goodbye()
         self.transport.close()
+        self._idle_handle = self.loop.call_later(self.CLOSE_GRACE, self.abort)
+
+    def say_goodbye(self) -> None:
+        """Hook: what to send before closing (DoH: GOAWAY)."""
 
     def _liveness_check(self) -> None:
         self._liveness_handle = None
         last = self.core.last_received
-        if (last is not None and last >= self._liveness_armed_at) or not self.waiters:
-            return  # it spoke, or nobody is waiting on it
+        if last is not None and last >= self._liveness_armed_at:
+            return  # it spoke
+        # Silent even if every query on it was cancelled meanwhile (a hedging caller
+        # moved on): it was asked and did not answer, so later queries must not go there.
         self.pool.stats.liveness_failures += 1
         log.info("%s: a reused connection stayed silent for %.2fs: replacing it", self.pool.name,
                  self.loop.time() - self._liveness_armed_at)
@@ -231,6 +260,7 @@ class PooledUpstream(Upstream):
         self.tls = tls
         self._pins = frozenset(options.spki_pins)
         self._conns: list[PooledConnection] = []
+        self._closing: set[PooledConnection] = set()  # left the pool, transport not yet gone
         self._dialing = False
         self._waiters = Waiters()
         self._backoff = Backoff(options.backoff_min, options.backoff_max)
@@ -267,7 +297,7 @@ class PooledUpstream(Upstream):
         """Close every connection and stop dialling; returns when no socket is left."""
         self._closed = True
         await self._tasks.aclose()
-        conns = list(self._conns)
+        conns = list(self._conns) + list(self._closing)
         for conn in conns:
             conn.abort()
         if conns:
@@ -323,7 +353,8 @@ class PooledUpstream(Upstream):
                 return conn
             error = self._backoff.blocking(now)
             if error is not None:
-                raise type(error)(f"{error.args[0]} (next attempt in {self._backoff.until - now:.1f}s)")
+                raise type(error)(f"{error.detail} (next attempt in {self._backoff.until - now:.1f}s)",
+                                  upstream=self.name) from error
             if room:
                 self._dial()
             await self._waiters.wait()
@@ -385,9 +416,20 @@ class PooledUpstream(Upstream):
     def check_session(self, transport: asyncio.Transport) -> None:
         """Hook: check the negotiated session (DoH: ALPN must be h2)."""
 
+    def _closing_started(self, conn: PooledConnection) -> None:
+        if conn in self._conns:
+            self._conns.remove(conn)
+            self._closing.add(conn)
+            if self._waiters:
+                self._waiters.wake()
+
     def _forget(self, conn: PooledConnection) -> None:
         if conn in self._conns:
             self._conns.remove(conn)
-            self.stats.connections_open -= 1
+        elif conn in self._closing:
+            self._closing.discard(conn)
+        else:
+            return
+        self.stats.connections_open -= 1
         if self._waiters:
             self._waiters.wake()

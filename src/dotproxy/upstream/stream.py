@@ -47,9 +47,12 @@ class StreamConnection(PooledConnection):
                 log.debug("%s: dropped an answer: %s", pool.name, event.reason)
             elif kind is KeepaliveReceived:
                 # The server closes idle connections after this: close a little before it does.
-                self.idle_timeout = min(pool.options.idle_timeout, event.timeout * 0.9)
+                self.shorten_idle_timeout(min(pool.options.idle_timeout, event.timeout * 0.9))
         if answered:
             self.answered(now)
+
+    def probe(self, now: float) -> None:
+        self.core.send_probe(now)
 
     def cancelled(self) -> None:
         if self.core.orphans > self.pool.options.max_orphans:

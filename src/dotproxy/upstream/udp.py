@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import secrets
 
 from dotproxy import wire
 from dotproxy.config import UpstreamURL
@@ -44,6 +44,7 @@ class UdpUpstream(Upstream):
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol: _Datagrams | None = None
         self._open_lock = asyncio.Lock()
+        self._recent: dict[int, None] = {}  # insertion-ordered: oldest first
         # wire ID -> (future, client ID, (qname_wire, qtype, qclass))
         self._pending: dict[int, tuple[asyncio.Future, int, tuple]] = {}
         tcp_url = UpstreamURL("tcp", url.host, url.port, None, "", f"tcp://{url.authority}")
@@ -57,9 +58,10 @@ class UdpUpstream(Upstream):
         try:
             async with asyncio.timeout_at(deadline):
                 transport = await self._open()
-                wire_id = random.getrandbits(16)
+                # Unpredictable IDs: on one socket they are the only defence against off-path spoofing.
+                wire_id = secrets.randbits(16)
                 while wire_id in self._pending:
-                    wire_id = random.getrandbits(16)
+                    wire_id = secrets.randbits(16)
                 fut = loop.create_future()
                 self._pending[wire_id] = (fut, parsed.id, (parsed.qname_wire, parsed.qtype, parsed.qclass))
                 out = wire.set_id(data, wire_id)
@@ -72,12 +74,15 @@ class UdpUpstream(Upstream):
                             break
                 finally:
                     self._pending.pop(wire_id, None)
+                    self._finished(wire_id)
                 answer = fut.result()
                 self._observe_rtt(loop.time() - sent)
                 if wire.scan_response(answer).tc:
-                    return await self._tcp.query(data, deadline=deadline)
+                    answer = await self._tcp.query(data, deadline=deadline)
+                else:
+                    answer = wire.set_id(answer, parsed.id)
                 self.stats.answers += 1
-                return wire.set_id(answer, parsed.id)
+                return answer
         except UpstreamError:
             self.stats.failures += 1
             raise
@@ -103,7 +108,10 @@ class UdpUpstream(Upstream):
             return
         entry = self._pending.get(info.id)
         if entry is None:
-            self.stats.late_answers += 1
+            if info.id in self._recent:
+                self.stats.late_answers += 1
+            else:
+                self.stats.unexpected_answers += 1
             return
         fut, _client_id, question = entry
         if info.qdcount and (info.qname_wire, info.qtype, info.qclass) != question:
@@ -111,6 +119,14 @@ class UdpUpstream(Upstream):
             return
         if not fut.done():
             fut.set_result(data)
+
+    #: Finished query IDs remembered to tell a late answer from a stray one.
+    RECENT_IDS = 4096
+
+    def _finished(self, wire_id: int) -> None:
+        self._recent[wire_id] = None
+        if len(self._recent) > self.RECENT_IDS:
+            del self._recent[next(iter(self._recent))]
 
     def _lost(self) -> None:
         self._transport = None
