@@ -40,6 +40,7 @@ from dotproxy.errors import (
 )
 from dotproxy.io.tls import client_context
 from dotproxy.testing import Faults, make_certificates
+from dotproxy.testing.answer import default_answer
 from dotproxy.upstream import connect
 from dotproxy.upstream.base import Backoff
 
@@ -813,5 +814,32 @@ def test_dial_errors_wrap_their_cause_and_name_the_upstream(run, tmp_path):
                         await up.query(make_query(), deadline=after(1))
                     assert info.value.upstream == "dot-test"
                     assert any(isinstance(c, ssl.SSLCertVerificationError) for c in causes(info.value))
+
+    run(body)
+
+
+def test_slow_answer_on_a_reused_connection_is_not_taken_for_death(run):
+    """DoT has no PING: a reused, quiet connection is probed with ". NS" beside the query,
+    so an answer slower than the silence bound (a cold recursion) does not retire a live
+    connection or send the query twice."""
+
+    async def body():
+        async def answer(query: bytes):
+            if b"\x04slow" in query:
+                await asyncio.sleep(0.6)
+            return default_answer(query)
+
+        async with serve(answer=answer) as server:
+            async with client(server, "dot", quiet_after=0.2, liveness_min=0.3, liveness_max=0.3) as up:
+                q = make_query()
+                check_answer(await up.query(q, deadline=after(2)), q)
+                await asyncio.sleep(0.3)
+                slow = make_query("slow.example")
+                start = now()
+                check_answer(await up.query(slow, deadline=after(3)), slow)
+                assert 0.55 <= now() - start < 0.95
+                assert up.stats.liveness_failures == 0 and up.stats.retries == 0
+                assert up.stats.dials == 1 and server.stats.queries["dot"] == 3  # q, slow and the probe
+            await server.close_all_connections(timeout=0.2)
 
     run(body)
