@@ -8,6 +8,7 @@ files together and run the shared corpus.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.number cimport PyNumber_Index
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset
@@ -91,6 +92,8 @@ cdef class Query:
     @property
     def qname(self):
         # Built on first use: the forwarding path needs only qname_wire.
+        if self.qname_wire is None:
+            raise ValueError("a Query comes from parse_query(), not from Query()")
         if self._qname is None:
             self._qname = _name_text(self.qname_wire)
         return self._qname
@@ -331,6 +334,7 @@ cdef struct Layout:
     Py_ssize_t qend       # offset after the question section
     Py_ssize_t nrecords
     Py_ssize_t opt_index  # -1 without OPT
+    uint16_t last_type    # type of the last record
     RR opt
 
 
@@ -359,6 +363,7 @@ cdef int _walk_message(const uint8_t* p, Py_ssize_t n, Layout* lay, uint8_t* age
                 ttl = rr.ttl
                 ttl = 0 if ttl > MAX_TTL or ttl <= seconds else ttl - seconds
                 _put32(aged + rr.rdata - 6, ttl)
+            lay.last_type = rr.rtype
             lay.nrecords += 1
     if off != n:
         return _fail("trailing data")
@@ -510,6 +515,7 @@ def set_id(data, id):
     cdef uint8_t* o
     if n < 12:
         _fail("short header")
+    id = PyNumber_Index(id)
     if not 0 <= id <= 0xFFFF:
         raise ValueError(f"DNS message ID out of range: {id}")
     out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), n)
@@ -525,6 +531,7 @@ def age_ttls(data, seconds):
     cdef Layout lay
     cdef bytes out
     cdef uint32_t by
+    seconds = PyNumber_Index(seconds)
     if seconds < 0:
         raise ValueError(f"cannot age TTLs by a negative time: {seconds}")
     by = 0xFFFFFFFF if seconds > 0xFFFFFFFF else seconds  # any TTL is gone by then
@@ -541,6 +548,8 @@ def cache_key(query):
     cdef uint8_t* o
     if type(query) is Query:
         q = <Query>query
+        if q.qname_wire is None:
+            raise ValueError("a Query comes from parse_query(), not from Query()")
     else:
         q = parse_query(query)
     name_len = PyBytes_GET_SIZE(q.qname_wire)
@@ -580,6 +589,7 @@ def make_error(query, rcode_value, *, ede=None):
     cdef int rcode
     if n < 12:
         _fail("short header")
+    rcode_value = PyNumber_Index(rcode_value)
     if not 0 <= rcode_value <= 0xFFF:
         raise ValueError(f"rcode out of range: {rcode_value}")
     rcode = rcode_value
@@ -597,8 +607,14 @@ def make_error(query, rcode_value, *, ede=None):
     if not has_opt and rcode > 0xF:
         raise ValueError(f"rcode {rcode} needs EDNS, and the query has none")
     if has_opt and ede is not None:
-        info_code, text = ede
+        info_value, text = ede
+        info_value = PyNumber_Index(info_value)
         extra = text.encode("utf-8")
+        if not 0 <= info_value <= 0xFFFF:
+            raise ValueError(f"EDE info code out of range: {info_value}")
+        if 12 + qlen + 11 + 6 + len(extra) > 0xFFFF:
+            raise ValueError("EDE text too long for a DNS message")
+        info_code = info_value
     size = 12 + qlen
     if has_opt:
         size += 11 + (6 + len(extra) if ede is not None else 0)
@@ -634,6 +650,7 @@ def truncate(response, max_size_value):
     cdef bytes out
     cdef uint8_t* w
     cdef Py_ssize_t max_size
+    max_size_value = PyNumber_Index(max_size_value)
     if max_size_value < 12:
         raise ValueError(f"no DNS message fits in {max_size_value} bytes")
     if n <= max_size_value:
@@ -675,6 +692,7 @@ def pad(query, block_value=128, *, bint keepalive=False):
     cdef int code
     cdef Py_ssize_t extra = 4 if keepalive else 0  # an empty edns-tcp-keepalive option
     cdef Py_ssize_t block
+    block_value = PyNumber_Index(block_value)
     if block_value < 1:
         raise ValueError(f"padding block must be positive: {block_value}")
     block = 0x20000 if block_value > 0x20000 else block_value  # past 65535 every block pads too far
@@ -694,6 +712,8 @@ def pad(query, block_value=128, *, bint keepalive=False):
             off += length
         size = head + 2 + kept + extra + 4
     else:
+        if lay.nrecords and lay.last_type in (24, 250):
+            return b  # a TSIG or SIG(0) signs what is before it: an OPT after it would break it
         arcount = _u16(p + 10) + 1
         if arcount > 0xFFFF:
             raise ValueError("no room for an OPT record: ARCOUNT is full")

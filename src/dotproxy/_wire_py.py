@@ -17,6 +17,7 @@ Parsing rules shared by both (dnspython's, made explicit):
 
 from __future__ import annotations
 
+from operator import index
 from struct import Struct
 
 from dotproxy.errors import WireError
@@ -31,6 +32,7 @@ _OPT_FIXED = Struct("!HHIH")
 
 TYPE_SOA = 6
 TYPE_OPT = 41
+_SIGNATURE_TYPES = (24, 250)  # SIG(0), TSIG: they must stay last
 OPT_KEEPALIVE = 11
 OPT_PADDING = 12
 OPT_EDE = 15
@@ -374,6 +376,7 @@ def set_id(data: bytes, id: int) -> bytes:  # noqa: A002 - the API's name
     """The message with its ID replaced by ``id``."""
     data = _as_bytes(data)
     _check_header(data)
+    id = index(id)  # noqa: A001 - the API's name
     if not 0 <= id <= 0xFFFF:
         raise ValueError(f"DNS message ID out of range: {id}")
     return _U16.pack(id) + data[2:]
@@ -403,6 +406,7 @@ def _walk_records(data: bytes) -> tuple[int, list]:
 def age_ttls(data: bytes, seconds: int) -> bytes:
     """Every RR TTL except OPT's lowered by ``seconds``, floored at 0."""
     data = _as_bytes(data)
+    seconds = index(seconds)
     if seconds < 0:
         raise ValueError(f"cannot age TTLs by a negative time: {seconds}")
     _qend, records = _walk_records(data)
@@ -433,6 +437,7 @@ def make_error(query: bytes, rcode: int, *, ede=None) -> bytes:
     """An error answer to ``query`` with ``rcode``; see ``dotproxy.wire``."""
     query = _as_bytes(query)
     _check_header(query)
+    rcode = index(rcode)
     if not 0 <= rcode <= 0xFFF:
         raise ValueError(f"rcode out of range: {rcode}")
     try:
@@ -456,7 +461,12 @@ def make_error(query: bytes, rcode: int, *, ede=None) -> bytes:
     rdata = b""
     if ede is not None:
         info_code, text = ede
+        info_code = index(info_code)
         extra = text.encode("utf-8")
+        if not 0 <= info_code <= 0xFFFF:
+            raise ValueError(f"EDE info code out of range: {info_code}")
+        if 12 + len(question) + 11 + 6 + len(extra) > 0xFFFF:
+            raise ValueError("EDE text too long for a DNS message")
         rdata = _QTAIL.pack(OPT_EDE, 2 + len(extra)) + _U16.pack(info_code) + extra
     return header + question + _opt_record(rcode, do, rdata)
 
@@ -464,6 +474,7 @@ def make_error(query: bytes, rcode: int, *, ede=None) -> bytes:
 def truncate(response: bytes, max_size: int) -> bytes:
     """Fit ``response`` into ``max_size`` bytes, setting TC when anything is dropped."""
     response = _as_bytes(response)
+    max_size = index(max_size)
     if max_size < 12:
         raise ValueError(f"no DNS message fits in {max_size} bytes")
     if len(response) <= max_size:
@@ -484,12 +495,13 @@ def truncate(response: bytes, max_size: int) -> bytes:
 def pad(query: bytes, block: int = 128, *, keepalive: bool = False) -> bytes:
     """RFC 7830 padding to a multiple of ``block`` bytes; see ``dotproxy.wire``."""
     query = _as_bytes(query)
+    block = index(block)
     if block < 1:
         raise ValueError(f"padding block must be positive: {block}")
     _qend, records = _walk_records(query)
-    for index, (rtype, ttl_off, start, end) in enumerate(records):
+    for position, (rtype, ttl_off, start, end) in enumerate(records):
         if rtype == TYPE_OPT:
-            if index != len(records) - 1:
+            if position != len(records) - 1:
                 # Records after the OPT (a TSIG) sign the bytes before them: leave the message alone.
                 return query
             rdata = ttl_off + 6
@@ -502,9 +514,13 @@ def pad(query: bytes, block: int = 128, *, keepalive: bool = False) -> bytes:
             arcount = None
             break
     else:
+        if records and records[-1][0] in _SIGNATURE_TYPES:
+            return query  # a TSIG or SIG(0) signs what is before it: an OPT after it would break it
         options = b""
         head = query + _opt_record(0, False, b"")[:-2]
         arcount = _U16.unpack_from(query, 10)[0] + 1
+        if arcount > 0xFFFF:
+            raise ValueError("no room for an OPT record: ARCOUNT is full")
     if keepalive:
         options += _QTAIL.pack(OPT_KEEPALIVE, 0)
     size = len(head) + 2 + len(options) + 4
@@ -514,8 +530,6 @@ def pad(query: bytes, block: int = 128, *, keepalive: bool = False) -> bytes:
     rdata = options + _QTAIL.pack(OPT_PADDING, padding) + bytes(padding)
     out = head + _U16.pack(len(rdata)) + rdata
     if arcount is not None:
-        if arcount > 0xFFFF:
-            raise ValueError("no room for an OPT record: ARCOUNT is full")
         out = out[:10] + _U16.pack(arcount) + out[12:]
     return out
 

@@ -46,6 +46,17 @@ class TaskOwner:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("%s: task %s failed", self.name, task.get_name(), exc_info=exc)
 
+    async def wait_idle(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the running tasks to finish by themselves."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    def cancel_all(self) -> None:
+        """Cancel every task now, without waiting (a synchronous close); they end on their own."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+
     async def aclose(self) -> None:
         """Cancel every task and wait until all of them have finished."""
         self._closed = True

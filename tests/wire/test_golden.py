@@ -873,3 +873,42 @@ def test_pad_huge_block_agreement(both, block):
     kc, kp = _kind(c.pad, data, block), _kind(py.pad, data, block)
     assert kc == kp
     assert kc[0] != "other"
+
+
+def test_pad_leaves_a_signed_query_without_opt_alone(wire):
+    """An OPT appended after a TSIG would break the signature: such a query goes unpadded."""
+    import dns.tsigkeyring
+
+    keyring = dns.tsigkeyring.from_text({"k.": "MTIzNDU2Nzg5MDEyMzQ1Njc4OTA="})
+    q = dns.message.make_query("a.example", "A")
+    q.use_tsig(keyring)
+    data = q.to_wire()
+    assert wire.pad(data) == data
+    dns.message.from_wire(wire.pad(data), keyring=keyring)  # still verifies
+
+
+@pytest.mark.parametrize("call", [
+    lambda w, d: w.age_ttls(d, 1.5),
+    lambda w, d: w.set_id(d, 1.0),
+    lambda w, d: w.truncate(d, 20.5),
+    lambda w, d: w.pad(d, 128.0),
+    lambda w, d: w.make_error(d, 2.0),
+], ids=["age_ttls", "set_id", "truncate", "pad", "make_error"])
+def test_integer_arguments_refuse_floats_alike(wire, call):
+    with pytest.raises(TypeError):
+        call(wire, dns.message.make_query("a.example", "A").to_wire())
+
+
+def test_make_error_checks_the_ede_fits(wire):
+    data = dns.message.make_query("a.example", "A", use_edns=0).to_wire()
+    with pytest.raises(ValueError):
+        wire.make_error(data, 2, ede=(70000, "x"))
+    with pytest.raises(ValueError):
+        wire.make_error(data, 2, ede=(1, "x" * 70000))
+
+
+def test_a_query_object_comes_from_parse_query(wire):
+    with pytest.raises((ValueError, AttributeError, TypeError)):
+        wire.Query().qname
+    with pytest.raises((ValueError, AttributeError, TypeError)):
+        wire.cache_key(wire.Query())

@@ -26,9 +26,11 @@ import h2.exceptions
 import h2.settings
 
 from dotproxy import wire
-from dotproxy.errors import NOERROR, BadResponse, UpstreamError, UpstreamRefused, WireError
+from dotproxy.errors import BadResponse, UpstreamError, UpstreamRefused, WireError
+from dotproxy.proto.answers import answers, for_client, question_of
 
 CONTENT_TYPE = b"application/dns-message"
+_MAX_DNS_MESSAGE = 0xFFFF  # a longer answer body is not DNS: stop reading it
 
 
 class _H2Connection(h2.connection.H2Connection):
@@ -119,6 +121,7 @@ class _Request:
     status: bytes | None = None
     content_type: bytes | None = None
     chunks: list | None = None
+    received: int = 0
     failed: bool = False
 
 
@@ -187,7 +190,10 @@ class DohClient:
             query = wire.parse_query(data)
         out = wire.set_id(data, 0)
         if self._pad_block:
-            out = wire.pad(out, self._pad_block)
+            try:
+                out = wire.pad(out, self._pad_block)
+            except ValueError:  # within a block of 64 KiB: it goes unpadded
+                pass
         if self._method == b"GET":
             dns = base64.urlsafe_b64encode(out).rstrip(b"=")
             headers = self._base_headers + [
@@ -205,7 +211,7 @@ class DohClient:
             body = out
         query_id = self._next_query_id
         self._next_query_id += 1
-        request = _Request(query_id, query.id, (query.qname_wire, query.qtype, query.qclass),
+        request = _Request(query_id, query.id, question_of(query),
                            self._pad_block is not None and query.edns is None, headers, body, now)
         self._requests[query_id] = request
         self._queue.append(request)
@@ -264,7 +270,13 @@ class DohClient:
                 self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 request = self._streams.get(event.stream_id)
                 if request is not None and not request.failed:
-                    request.chunks.append(event.data)
+                    request.received += len(event.data)
+                    if request.received > _MAX_DNS_MESSAGE:
+                        self._fail(request, BadResponse("answer body longer than any DNS message",
+                                                        upstream=self._upstream), out)
+                        self._reset(event.stream_id, h2.errors.ErrorCodes.CANCEL)
+                    else:
+                        request.chunks.append(event.data)
             elif kind is h2.events.ResponseReceived:
                 request = self._streams.get(event.stream_id)
                 if request is not None:
@@ -277,6 +289,9 @@ class DohClient:
             elif kind is h2.events.StreamEnded:
                 request = self._streams.pop(event.stream_id, None)
                 if request is not None:
+                    if request.body:  # answered before we finished asking: end our half too
+                        request.body = b""
+                        self._reset(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
                     self._complete(request, now, out)
                 self._open_streams()
             elif kind is h2.events.StreamReset:
@@ -301,9 +316,10 @@ class DohClient:
                 out.append(GoAwayReceived(unprocessed, event.error_code))
             elif kind is h2.events.RemoteSettingsChanged:
                 self._settings_seen = True
+                self._send_blocked(out)  # a larger INITIAL_WINDOW_SIZE opens every stream's window
                 self._open_streams()
             elif kind is h2.events.WindowUpdated:
-                self._send_blocked()
+                self._send_blocked(out)
             elif kind is h2.events.PingAckReceived:
                 sent = self._pings.pop(event.ping_data, None)
                 if sent is not None:
@@ -330,23 +346,26 @@ class DohClient:
                 self._send_body(request)
 
     def _send_body(self, request: _Request) -> None:
+        """Send as much of the body as flow control allows; the rest waits for window."""
         h2c = self._h2
         stream_id = request.stream_id
-        window = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
-        if window >= len(request.body):
-            h2c.send_data(stream_id, request.body, end_stream=True)
-            request.body = b""
-            return
-        if window > 0:
-            h2c.send_data(stream_id, request.body[:window])
-            request.body = request.body[window:]
-        self._blocked.append(request)
+        while request.body:
+            size = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size, len(request.body))
+            if size <= 0:
+                self._blocked.append(request)
+                return
+            chunk, request.body = request.body[:size], request.body[size:]
+            h2c.send_data(stream_id, chunk, end_stream=not request.body)
 
-    def _send_blocked(self) -> None:
+    def _send_blocked(self, out: list) -> None:
         blocked, self._blocked = self._blocked, []
         for request in blocked:
-            if request.stream_id in self._streams and request.body:
-                self._send_body(request)
+            if request.stream_id in self._streams and request.body and not request.failed:
+                try:
+                    self._send_body(request)
+                except h2.exceptions.H2Error as e:  # the stream ended meanwhile
+                    self._fail(request, BadResponse(f"could not finish the request: {e}",
+                                                    upstream=self._upstream), out)
 
     def _reset(self, stream_id: int, code) -> None:
         self._streams.pop(stream_id, None)
@@ -390,15 +409,12 @@ class DohClient:
             out.append(QueryFailed(request.query_id, BadResponse(f"malformed answer: {e.reason}",
                                                                  upstream=self._upstream)))
             return
-        if (info.qdcount and (info.qname_wire, info.qtype, info.qclass) != request.question) or (
-                not info.qdcount and info.rcode == NOERROR):
+        if not answers(info, request.question):
             out.append(QueryFailed(request.query_id, BadResponse("answer is for another question",
                                                                  upstream=self._upstream)))
             return
-        answer = wire.set_id(body, request.client_id)
-        if request.strip_opt:
-            answer = wire.strip_opt(answer)
-        out.append(AnswerReceived(request.query_id, answer, now - request.sent_at))
+        out.append(AnswerReceived(request.query_id, for_client(body, request.client_id, request.strip_opt),
+                                  now - request.sent_at))
 
 
 def _code_name(code) -> str:

@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dotproxy import wire
-from dotproxy.errors import NOERROR, WireError
+from dotproxy.errors import WireError
+from dotproxy.proto.answers import answers, for_client, question_of
 
 _U16_MAX = 0x10000
 # ". IN NS": every resolver answers it at once from its root priming; a probe asks it.
@@ -111,10 +112,13 @@ class StreamClient:
         query_id = self._allocate_id()
         out = wire.set_id(data, query_id)
         if self._pad_block:
-            out = wire.pad(out, self._pad_block, keepalive=self._keepalive)
+            try:
+                out = wire.pad(out, self._pad_block, keepalive=self._keepalive)
+            except ValueError:  # within a block of 64 KiB: it goes unpadded
+                pass
         self._pending[query_id] = _Pending(
             query.id,
-            (query.qname_wire, query.qtype, query.qclass),
+            question_of(query),
             self._pad_block is not None and query.edns is None,
             now,
         )
@@ -210,15 +214,10 @@ class StreamClient:
                 self.unexpected_answers += 1
                 events.append(UnexpectedAnswerDropped(wire_id, "no query has this ID"))
             return
-        if info.qdcount:
-            if (info.qname_wire, info.qtype, info.qclass) != pending.question:
-                # Not the answer to this query: keep waiting for the real one.
-                self.unexpected_answers += 1
-                events.append(UnexpectedAnswerDropped(wire_id, "answer is for another question"))
-                return
-        elif info.rcode == NOERROR:
+        if not answers(info, pending.question):
+            # Not the answer to this query: keep waiting for the real one.
             self.unexpected_answers += 1
-            events.append(UnexpectedAnswerDropped(wire_id, "answer has no question"))
+            events.append(UnexpectedAnswerDropped(wire_id, "answer is for another question"))
             return
         del self._pending[wire_id]
         self.answered += 1
@@ -226,8 +225,6 @@ class StreamClient:
             for code, value in info.edns.options:
                 if code == wire.OPT_KEEPALIVE and len(value) == 2:  # units of 100 ms
                     events.append(KeepaliveReceived(((value[0] << 8) | value[1]) / 10))
-        out = wire.set_id(message, pending.client_id)
-        if pending.strip_opt:
-            out = wire.strip_opt(out)
-        events.append(AnswerReceived(wire_id, out, now - pending.sent_at))
+        events.append(AnswerReceived(wire_id, for_client(message, pending.client_id, pending.strip_opt),
+                                     now - pending.sent_at))
 

@@ -52,6 +52,9 @@ class UpstreamOptions:
                               "65536 message IDs", where=where)
         if opts.method not in ("POST", "GET"):
             raise ConfigError(f"method must be POST or GET, not {opts.method!r}", where=where)
+        if opts.pad_block is not None and not 1 <= opts.pad_block <= 1024:
+            raise ConfigError(f"pad_block must be 1..1024 (RFC 8467 suggests 128) or None, not {opts.pad_block}",
+                              where=where)
         if opts.timeout <= 0 or opts.connect_timeout <= 0 or opts.idle_timeout <= 0:
             raise ConfigError("timeouts must be positive", where=where)
         return opts
@@ -121,7 +124,7 @@ class Upstream:
         loop = asyncio.get_running_loop()
         return loop.time() + self.options.timeout if deadline is None else deadline
 
-    def _timed_out(self, deadline: float, e: BaseException) -> UpstreamTimeout:
+    def _timed_out(self) -> UpstreamTimeout:
         self.stats.timeouts += 1
         return UpstreamTimeout("no answer before the deadline", upstream=self.name)
 

@@ -113,7 +113,8 @@ class DohUpstream(PooledUpstream):
 
     def refusing(self, now: float) -> UpstreamError | None:
         if now < self._refused_until:
-            return UpstreamRefused(f"{self._refusal.args[0]}; not asking again for {self._refused_until - now:.1f}s",
+            return UpstreamRefused(f"{self._refusal.detail}; not asking again for {self._refused_until - now:.1f}s",
+                                   upstream=self.name, status=self._refusal.status,
                                    retry_after=self._refused_until - now)
         return None
 

@@ -75,6 +75,7 @@ class PooledConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._idle_handle: asyncio.TimerHandle | None = None
         self._liveness_handle: asyncio.TimerHandle | None = None
+        self._close_handle: asyncio.TimerHandle | None = None
         self._liveness_armed_at = 0.0
         self._session_kept = False
         self._close_started = False
@@ -90,7 +91,7 @@ class PooledConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ready = False
-        for handle in (self._idle_handle, self._liveness_handle):
+        for handle in (self._idle_handle, self._liveness_handle, self._close_handle):
             if handle is not None:
                 handle.cancel()
         self.core.connection_lost()
@@ -121,13 +122,13 @@ class PooledConnection(asyncio.Protocol):
 
     async def ask(self, data: bytes, query: wire.Query) -> bytes:
         now = self.loop.time()
-        query_id = self.core.send_query(data, now, query)
-        fut = self.loop.create_future()
-        self.waiters[query_id] = fut
         if self._liveness_handle is None and now - self.last_heard() > self.pool.options.quiet_after:
             self._liveness_armed_at = now
             self._liveness_handle = self.loop.call_at(now + self.pool.liveness_bound(), self._liveness_check)
             self.probe(now)
+        query_id = self.core.send_query(data, now, query)
+        fut = self.loop.create_future()
+        self.waiters[query_id] = fut
         self.schedule_flush()
         try:
             return await fut
@@ -136,6 +137,10 @@ class PooledConnection(asyncio.Protocol):
                 self.core.cancel(query_id)
                 self.schedule_flush()
                 self.cancelled()
+                if self.draining and not self.waiters:
+                    self.close()
+                elif self.pool._waiters:
+                    self.pool._waiters.wake()  # a slot is free
             raise
 
     def probe(self, now: float) -> None:
@@ -231,7 +236,10 @@ class PooledConnection(asyncio.Protocol):
         self.pool._closing_started(self)
         self.say_goodbye()
         self.transport.close()
-        self._idle_handle = self.loop.call_later(self.CLOSE_GRACE, self.abort)
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        self._close_handle = self.loop.call_later(self.CLOSE_GRACE, self.abort)
 
     def say_goodbye(self) -> None:
         """Hook: what to send before closing (DoH: GOAWAY)."""
@@ -254,6 +262,8 @@ class PooledUpstream(Upstream):
     """An upstream served by a pool of :class:`PooledConnection` to one server."""
 
     connection_class: type[PooledConnection]
+    #: A server that keeps refusing streams (overloaded) gets a query this many times at most.
+    MAX_FREE_MOVES = 3
 
     def __init__(self, url: UpstreamURL, options: UpstreamOptions, *, tls: ResumingContext | None) -> None:
         super().__init__(url, options)
@@ -273,6 +283,7 @@ class PooledUpstream(Upstream):
         parsed = wire.parse_query(data)
         self.stats.queries += 1
         retried = False
+        moves = 0  # free moves (GOAWAY, REFUSED_STREAM): the server never saw the query
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
@@ -280,9 +291,13 @@ class PooledUpstream(Upstream):
                     try:
                         answer = await conn.ask(data, parsed)
                     except Resend as e:
-                        if self._closed or (retried and not e.free):
-                            raise ConnectionFailed(str(e), upstream=self.name) from e
-                        retried = retried or not e.free
+                        free = e.free and moves < self.MAX_FREE_MOVES
+                        if self._closed or (retried and not free):
+                            raise ConnectionFailed(e.args[0], upstream=self.name) from e
+                        if free:
+                            moves += 1
+                        else:
+                            retried = True
                         self.stats.retries += 1
                         continue
                     self.stats.answers += 1
@@ -291,7 +306,7 @@ class PooledUpstream(Upstream):
             self.stats.failures += 1
             raise
         except TimeoutError as e:
-            raise self._timed_out(deadline, e) from e
+            raise self._timed_out() from e
 
     async def aclose(self) -> None:
         """Close every connection and stop dialling; returns when no socket is left."""
@@ -321,7 +336,7 @@ class PooledUpstream(Upstream):
                 best = conn
         return best
 
-    def _make_room(self, now: float) -> None:
+    def _make_room(self) -> None:
         """A retry needs a fresh connection and the pool is full of quiet ones: drop the quietest idle one."""
         idle = [c for c in self._conns if not c.waiters]
         if idle:
@@ -346,7 +361,7 @@ class PooledUpstream(Upstream):
             conn = self._pick(fresh, now)
             room = len(self._conns) < self.options.pool_size and not self._dialing
             if fresh and conn is None and not room and not self._dialing:
-                self._make_room(now)
+                self._make_room()
             if conn is not None:
                 if room and conn.load >= self.options.spread_at and self._backoff.blocking(now) is None:
                     self._dial()
@@ -420,16 +435,15 @@ class PooledUpstream(Upstream):
         if conn in self._conns:
             self._conns.remove(conn)
             self._closing.add(conn)
+            self.stats.connections_open -= 1  # it serves no new query from now on
             if self._waiters:
                 self._waiters.wake()
 
     def _forget(self, conn: PooledConnection) -> None:
         if conn in self._conns:
             self._conns.remove(conn)
-        elif conn in self._closing:
-            self._closing.discard(conn)
+            self.stats.connections_open -= 1
         else:
-            return
-        self.stats.connections_open -= 1
+            self._closing.discard(conn)
         if self._waiters:
             self._waiters.wake()

@@ -15,6 +15,7 @@ import secrets
 from dotproxy import wire
 from dotproxy.config import UpstreamURL
 from dotproxy.errors import ConnectionFailed, UpstreamError, WireError
+from dotproxy.proto.answers import answers, question_of
 from dotproxy.upstream.base import Upstream, UpstreamOptions
 from dotproxy.upstream.stream import StreamUpstream
 
@@ -63,11 +64,15 @@ class UdpUpstream(Upstream):
                 while wire_id in self._pending:
                     wire_id = secrets.randbits(16)
                 fut = loop.create_future()
-                self._pending[wire_id] = (fut, parsed.id, (parsed.qname_wire, parsed.qtype, parsed.qclass))
+                if self._closed:
+                    raise ConnectionFailed("upstream is closed", upstream=self.name)
+                self._pending[wire_id] = (fut, parsed.id, question_of(parsed))
                 out = wire.set_id(data, wire_id)
+                sends = 0
                 try:
                     while True:
                         transport.sendto(out)
+                        sends += 1
                         sent = loop.time()
                         done, _ = await asyncio.wait([fut], timeout=self.options.udp_retry)
                         if done:
@@ -76,7 +81,8 @@ class UdpUpstream(Upstream):
                     self._pending.pop(wire_id, None)
                     self._finished(wire_id)
                 answer = fut.result()
-                self._observe_rtt(loop.time() - sent)
+                if sends == 1:  # Karn: a resent query's answer times neither send
+                    self._observe_rtt(loop.time() - sent)
                 if wire.scan_response(answer).tc:
                     answer = await self._tcp.query(data, deadline=deadline)
                 else:
@@ -87,17 +93,21 @@ class UdpUpstream(Upstream):
             self.stats.failures += 1
             raise
         except TimeoutError as e:
-            raise self._timed_out(deadline, e) from e
+            raise self._timed_out() from e
 
     async def _open(self) -> asyncio.DatagramTransport:
         async with self._open_lock:  # one socket, however many queries arrive at once
             if self._transport is None:
                 try:
-                    self._transport, self._protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+                    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
                         lambda: _Datagrams(self), remote_addr=(self.url.host, self.url.port))
                 except OSError as e:
                     raise ConnectionFailed(f"cannot open a UDP socket to {self.url.authority}: {e}",
                                            upstream=self.name) from e
+                if self._closed:  # aclose() ran while the socket was being opened
+                    transport.close()
+                    raise ConnectionFailed("upstream is closed", upstream=self.name)
+                self._transport, self._protocol = transport, protocol
             return self._transport
 
     def _received(self, data: bytes) -> None:
@@ -114,7 +124,7 @@ class UdpUpstream(Upstream):
                 self.stats.unexpected_answers += 1
             return
         fut, _client_id, question = entry
-        if info.qdcount and (info.qname_wire, info.qtype, info.qclass) != question:
+        if not answers(info, question):
             self.stats.unexpected_answers += 1
             return
         if not fut.done():
@@ -133,6 +143,8 @@ class UdpUpstream(Upstream):
 
     async def aclose(self) -> None:
         self._closed = True
+        async with self._open_lock:  # a socket being opened now is closed by its opener
+            pass
         for fut, _cid, _q in self._pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionFailed("upstream closed", upstream=self.name))

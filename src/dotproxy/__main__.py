@@ -1,0 +1,5 @@
+import sys
+
+from dotproxy.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,152 @@
+"""``dotproxy`` commands.
+
+    dotproxy serve [--listen HOST:PORT] [--upstream URL ...] [--ca-file PEM] [--no-cache] [--config FILE]
+
+A config file (TOML) may set the same things; flags win over the file::
+
+    listen = "127.0.0.1:5353"
+    upstreams = ["tls://9.9.9.9:853#dns.quad9.net", "https://dns.google/dns-query"]
+    ca_file = "/etc/ssl/certs/ca-certificates.crt"
+    cache = true
+    timeout = 4.0
+    [upstream_options]
+    pool_size = 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import signal
+import sys
+import tomllib
+from dataclasses import fields
+
+from dotproxy.engine import DEFAULT_UPSTREAMS, Engine, EngineConfig
+from dotproxy.errors import ConfigError
+from dotproxy.io.loop import loop_factory, loop_name
+
+log = logging.getLogger("dotproxy")
+
+DEFAULT_LISTEN = "127.0.0.1:5353"
+_FILE_KEYS = {"listen", "upstreams", "ca_file", "cache", "timeout", "max_in_flight", "tcp_idle_timeout",
+              "tcp_max_connections", "tcp_max_pipeline", "upstream_options", "shutdown_grace"}
+
+
+def parse_listen(text: str, where: str = "--listen") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"expected HOST:PORT (e.g. 127.0.0.1:5353 or [::1]:5353), got {text!r}", where=where)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as e:
+        raise ConfigError(f"{host!r} is not an IP address", where=where) from e
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"bad port {port!r}", where=where)
+    return host, int(port)
+
+
+def load_config_file(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", where=path) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", where=path) from e
+    unknown = sorted(set(data) - _FILE_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_FILE_KEYS))}",
+                          where=path)
+    types = {"listen": str, "ca_file": str, "cache": bool, "timeout": (int, float), "max_in_flight": int,
+             "tcp_idle_timeout": (int, float), "tcp_max_connections": int, "tcp_max_pipeline": int,
+             "upstream_options": dict, "shutdown_grace": (int, float)}
+    for key, want in types.items():
+        if key in data and (not isinstance(data[key], want) or (want is int and isinstance(data[key], bool))):
+            raise ConfigError(f"wrong type {type(data[key]).__name__}", where=f"{path}: {key}")
+    if "upstreams" in data and (not isinstance(data["upstreams"], list)
+                                or not all(isinstance(u, str) for u in data["upstreams"])):
+        raise ConfigError("must be a list of URL strings", where=f"{path}: upstreams")
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dotproxy", description="DNS forwarder: plain DNS in, DoT/DoH out.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="forward UDP/TCP DNS on a local address to encrypted upstreams")
+    serve.add_argument("--listen", help=f"HOST:PORT for UDP and TCP (default {DEFAULT_LISTEN}; "
+                                        "a non-loopback address has to be asked for here)")
+    serve.add_argument("--upstream", action="append", dest="upstreams", metavar="URL",
+                       help="tls://HOST[:PORT][#NAME], https://HOST/PATH, udp://, tcp:// (repeatable; "
+                            f"default: {' '.join(DEFAULT_UPSTREAMS)})")
+    serve.add_argument("--ca-file", help="CA bundle to verify upstream certificates (default: system store)")
+    serve.add_argument("--no-cache", action="store_true", help="answer every query from upstream")
+    serve.add_argument("--config", help="TOML config file (flags override it)")
+    serve.add_argument("--timeout", type=float, help="seconds each query may take (default 4)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def engine_config(args: argparse.Namespace) -> tuple[EngineConfig, tuple[str, int], float]:
+    data = load_config_file(args.config) if args.config else {}
+    where = args.config or "flags"
+    listen = parse_listen(args.listen) if args.listen else parse_listen(data.get("listen", DEFAULT_LISTEN),
+                                                                       where=f"{where}: listen")
+    values = {k: v for k, v in data.items() if k in {f.name for f in fields(EngineConfig)}}
+    if "upstreams" in values:
+        values["upstreams"] = tuple(values["upstreams"])
+    if args.upstreams:
+        values["upstreams"] = tuple(args.upstreams)
+    if args.ca_file:
+        values["ca_file"] = args.ca_file
+    if args.no_cache:
+        values["cache"] = False
+    if args.timeout is not None:
+        values["timeout"] = args.timeout
+    try:
+        config = EngineConfig(**values)
+    except ConfigError as e:
+        raise ConfigError(str(e), where=where) from e
+    return config, listen, float(data.get("shutdown_grace", 2.0))
+
+
+async def serve(config: EngineConfig, listen: tuple[str, int], grace: float) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    engine = Engine(config)
+    try:
+        host, port = await engine.listen(*listen)
+        if not ipaddress.ip_address(host).is_loopback:
+            log.warning("listening on %s, which is not loopback: anyone who reaches it can use this resolver", host)
+        log.info("dotproxy listening on %s:%d (UDP and TCP), forwarding to %s; cache %s; %s",
+                 host, port, ", ".join(config.upstreams), "on" if config.cache else "off", loop_name(loop))
+        await stop.wait()
+        log.info("shutting down: in-flight queries get %.1fs", grace)
+    finally:
+        await engine.stop(grace=grace)
+        s = engine.stats
+        log.info("served %d queries: %d answered, %d SERVFAIL, %d FORMERR, %d refused (overload)",
+                 s.queries, s.answered, s.servfail, s.formerr, s.refused_overload)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config, listen, grace = engine_config(args)
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(serve(config, listen, grace))
+    except ConfigError as e:
+        print(f"dotproxy: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The engine: the composition root that joins flows, listeners and upstreams.
+
+    engine = Engine(EngineConfig(upstreams=["tls://9.9.9.9:853#dns.quad9.net"]))
+    await engine.start()                      # upstreams ready (they dial on first use)
+    await engine.listen("127.0.0.1", 5353)    # UDP + TCP listeners, optional
+    flow = engine.open_flow("udp", deliver)   # or hand flows over from an embedding host
+    ...
+    await engine.stop(grace=2.0)              # in-flight queries get ``grace`` seconds
+
+Upstreams are asked in order: the first that answers wins; a failing one (dial
+error, refusal) passes the query to the next within the same deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dotproxy import upstream as upstreams_mod
+from dotproxy import wire
+from dotproxy.errors import ConfigError, UpstreamError, UpstreamTimeout
+from dotproxy.flows.flow import Admission, Flow, FlowStats
+from dotproxy.listeners.sockets import TcpListener, UdpListener
+
+log = logging.getLogger("dotproxy.engine")
+
+DEFAULT_UPSTREAMS = (
+    "tls://9.9.9.9:853#dns.quad9.net",
+    "tls://1.1.1.1:853#cloudflare-dns.com",
+)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    upstreams: tuple[str, ...] = DEFAULT_UPSTREAMS
+    ca_file: str | None = None
+    cache: bool = True  # accepted now; meaningful once the cache exists
+    timeout: float = 4.0  # each query's deadline, from its arrival
+    max_in_flight: int = 20000  # queries in flight engine-wide before REFUSED
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1000
+    tcp_max_pipeline: int = 100
+    upstream_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.upstreams:
+            raise ConfigError("at least one upstream is needed", where="upstreams")
+        if self.timeout <= 0:
+            raise ConfigError(f"must be positive, not {self.timeout}", where="timeout")
+        if self.max_in_flight < 1:
+            raise ConfigError(f"must be at least 1, not {self.max_in_flight}", where="max_in_flight")
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        # Built here so that a bad URL or option fails before anything listens.
+        self.upstreams = [upstreams_mod.connect(url, ca_file=config.ca_file, **config.upstream_options)
+                          for url in config.upstreams]
+        self.stats = FlowStats()
+        self._admission = Admission(config.max_in_flight)
+        self._flows: set[Flow] = set()
+        self._udp: list[UdpListener] = []
+        self._tcp: list[TcpListener] = []
+        self._udp_transports: list[asyncio.DatagramTransport] = []
+        self.addresses: list[tuple[str, int]] = []
+        self._stopped = False
+
+    # ------------------------------------------------------------ resolving
+
+    async def resolve(self, data: bytes, query: wire.Query, deadline: float) -> bytes:
+        error: UpstreamError | None = None
+        for up in self.upstreams:
+            try:
+                return await up.query(data, deadline=deadline)
+            except UpstreamTimeout:
+                raise  # the deadline is spent: nobody else has time left
+            except UpstreamError as e:
+                error = e
+        raise error
+
+    # ------------------------------------------------------------ flows
+
+    def open_flow(self, kind: str, deliver: Callable, *, name: str | None = None,
+                  on_close: Callable[[Flow], None] | None = None, metadata: object = None) -> Flow:
+        if self._stopped:
+            raise RuntimeError("the engine is stopped")
+
+        def closed(flow: Flow) -> None:
+            self._flows.discard(flow)
+            if on_close is not None:
+                on_close(flow)
+
+        flow = Flow(kind, self.resolve, deliver, timeout=self.config.timeout, admission=self._admission,
+                    stats=self.stats, name=name or f"{kind} flow", on_close=closed, metadata=metadata)
+        self._flows.add(flow)
+        return flow
+
+    @property
+    def flows(self) -> int:
+        return len(self._flows)
+
+    # ------------------------------------------------------------ listeners
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        """UDP and TCP on ``host:port`` (port 0: one free port for both); returns the address bound."""
+        loop = asyncio.get_running_loop()
+        tcp = TcpListener(self.open_flow, f"tcp {host}:{port}", idle_timeout=self.config.tcp_idle_timeout,
+                          max_connections=self.config.tcp_max_connections,
+                          max_pipeline=self.config.tcp_max_pipeline)
+        try:
+            await tcp.start(host, port)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on TCP {host}:{port}: {e.strerror or e}", where="listen") from e
+        port = tcp.server.sockets[0].getsockname()[1]
+        try:
+            transport, udp = await loop.create_datagram_endpoint(
+                lambda: UdpListener(self.open_flow, f"udp {host}:{port}"), local_addr=(host, port))
+        except OSError as e:
+            await tcp.aclose()
+            raise ConfigError(f"cannot listen on UDP {host}:{port}: {e.strerror or e}", where="listen") from e
+        self._tcp.append(tcp)
+        self._udp.append(udp)
+        self._udp_transports.append(transport)
+        self.addresses.append((host, port))
+        return host, port
+
+    # ------------------------------------------------------------ lifetime
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop listening, give in-flight queries ``grace`` seconds, then close everything."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for tcp in self._tcp:
+            tcp.stop_accepting()
+        flows = list(self._flows)
+        if grace > 0 and flows:
+            await asyncio.gather(*(flow.drain(grace) for flow in flows))
+        else:
+            await asyncio.gather(*(flow.aclose() for flow in flows))
+        for transport in self._udp_transports:
+            transport.close()
+        for tcp in self._tcp:
+            await tcp.aclose()
+        if self._udp:
+            await asyncio.wait([u.closed for u in self._udp], timeout=1.0)
+        await asyncio.gather(*(up.aclose() for up in self.upstreams))

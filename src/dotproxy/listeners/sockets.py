@@ -1,0 +1,163 @@
+"""Standalone UDP and TCP listeners: sockets in, flows out.
+
+One UDP socket is one flow (many endpoints); each TCP connection is a flow of its
+own, closed when the client goes, when it stays idle, or when the engine stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from dotproxy.flows.flow import Flow
+
+log = logging.getLogger("dotproxy.listeners")
+
+FlowFactory = Callable[..., Flow]  # (kind, deliver, name=...) -> Flow
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    def __init__(self, open_flow: FlowFactory, name: str) -> None:
+        self._open_flow = open_flow
+        self.name = name
+        self.transport: asyncio.DatagramTransport | None = None
+        self.flow: Flow | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.flow = self._open_flow("udp", self._sendto, name=self.name)
+
+    def _sendto(self, data: bytes, endpoint) -> None:
+        self.transport.sendto(data, endpoint)
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.flow.receive(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error for an earlier answer: that client is gone; the socket serves the others.
+        log.debug("%s: %s", self.name, exc)
+
+    def connection_lost(self, exc) -> None:
+        if self.flow is not None:
+            self.flow.close()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class TcpConnection(asyncio.Protocol):
+    """One client TCP connection: a flow, an idle timer, and back-pressure on a busy pipeline."""
+
+    def __init__(self, listener: TcpListener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.flow: Flow | None = None
+        self.loop = asyncio.get_running_loop()
+        self.last_activity = self.loop.time()
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._eof = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        listener = self.listener
+        if len(listener.connections) >= listener.max_connections:
+            listener.refused += 1
+            transport.abort()
+            return
+        listener.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.flow = listener.open_flow("tcp", self._write, name=f"{listener.name} {peer}",
+                                       on_close=self._flow_closed)
+        self._idle_handle = self.loop.call_at(self.last_activity + listener.idle_timeout, self._idle_check)
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionError("client connection is closed")
+        self.transport.write(data)
+        self.last_activity = self.loop.time()
+        self._after_answer()
+
+    def _after_answer(self) -> None:
+        flow = self.flow
+        if self._paused and flow.in_flight <= self.listener.max_pipeline // 2:
+            self._paused = False
+            self.transport.resume_reading()
+        if self._eof and flow.in_flight <= 1:  # this answer was the last one the client waits for
+            self.loop.call_soon(self._close_if_done)
+
+    def _close_if_done(self) -> None:
+        if self.flow is not None and self.flow.in_flight == 0 and self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        self.flow.receive(data)
+        if not self._paused and self.flow.in_flight >= self.listener.max_pipeline:
+            self._paused = True  # the client pipelines faster than upstreams answer: stop reading
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        # The client has sent all it will (RFC 7766 section 6.2.4): answer what it asked, then close.
+        self._eof = True
+        if self.flow is None or self.flow.in_flight == 0:
+            return False
+        return True
+
+    def _idle_check(self) -> None:
+        self._idle_handle = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        due = self.last_activity + self.listener.idle_timeout
+        if self.flow.in_flight or self.loop.time() < due:
+            self._idle_handle = self.loop.call_at(max(due, self.loop.time() + 0.1), self._idle_check)
+            return
+        self.transport.close()
+
+    def _flow_closed(self, flow: Flow) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        self.listener.connections.discard(self)
+        if self.flow is not None:
+            self.flow.close()  # the client left: its queries are cancelled, nothing more is written
+
+
+class TcpListener:
+    """A TCP server whose connections are flows."""
+
+    def __init__(self, open_flow: FlowFactory, name: str, *, idle_timeout: float = 10.0,
+                 max_connections: int = 1000, max_pipeline: int = 100) -> None:
+        self.open_flow = open_flow
+        self.name = name
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_pipeline = max_pipeline
+        self.connections: set[TcpConnection] = set()
+        self.refused = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self.server = await asyncio.get_running_loop().create_server(
+            lambda: TcpConnection(self), host, port, reuse_address=True, backlog=1024)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def aclose(self) -> None:
+        self.stop_accepting()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self.server is not None:
+            await self.server.wait_closed()
+        # connection_lost runs soon after abort(): let it.
+        for _ in range(3):
+            if not self.connections:
+                break
+            await asyncio.sleep(0)

@@ -1,0 +1,25 @@
+"""What every transport checks of an answer before a client sees it."""
+
+from __future__ import annotations
+
+from dotproxy import wire
+from dotproxy.errors import NOERROR
+
+
+def question_of(query: wire.Query) -> tuple:
+    """The question an answer must repeat: (lower-cased name, type, class)."""
+    return (query.qname_wire, query.qtype, query.qclass)
+
+
+def answers(info: wire.ResponseInfo, question: tuple) -> bool:
+    """Whether a scanned response answers ``question``: it repeats it (any case), or it is
+    an error answer without a question (a FORMERR or NOTIMP may omit it)."""
+    if info.qdcount:
+        return (info.qname_wire, info.qtype, info.qclass) == question
+    return info.rcode != NOERROR
+
+
+def for_client(message: bytes, client_id: int, strip_opt: bool) -> bytes:
+    """The answer as the client must see it: its own ID, and no OPT if it sent none."""
+    out = wire.set_id(message, client_id)
+    return wire.strip_opt(out) if strip_opt else out
