@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 from dotproxy.config import UpstreamURL
+from dotproxy import wire
 from dotproxy.errors import ConfigError, ConnectionFailed, UpstreamError, UpstreamTimeout
+from dotproxy.tasks import TaskOwner
+
+#: ``callback(answer, None)`` or ``callback(None, error)``: how ``submit`` reports, exactly once.
+Callback = Callable[[bytes | None, BaseException | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +103,31 @@ class Upstream:
         self.name = options.name or url.url
         self.stats = UpstreamStats()
         self._closed = False
+        self._submitted: TaskOwner | None = None  # tasks of the default submit()
         # Smoothed RTT and its variation (RFC 6298 style), seconds; None until measured.
         self.srtt: float | None = None
         self.rttvar = 0.0
 
     async def query(self, data: bytes, *, deadline: float | None = None) -> bytes:
         raise NotImplementedError
+
+    def submit(self, data: bytes, *, callback: Callback, deadline: float | None = None,
+               query: wire.Query | None = None):
+        """Ask without awaiting; returns a handle with ``cancel()``. ``callback`` is called
+        exactly once unless the handle is cancelled first. This default runs :meth:`query`
+        as a task this upstream owns; pooled upstreams do it with no task at all."""
+        if self._submitted is None:
+            self._submitted = TaskOwner(f"upstream {self.name}")
+
+        async def ask() -> None:
+            try:
+                answer = await self.query(data, deadline=deadline)
+            except UpstreamError as e:
+                callback(None, e)
+            else:
+                callback(answer, None)
+
+        return self._submitted.spawn(ask(), name=f"query {self.name}")
 
     async def aclose(self) -> None:
         raise NotImplementedError
@@ -123,6 +148,10 @@ class Upstream:
             raise ConnectionFailed("upstream is closed", upstream=self.name)
         loop = asyncio.get_running_loop()
         return loop.time() + self.options.timeout if deadline is None else deadline
+
+    async def _close_submitted(self) -> None:
+        if self._submitted is not None:
+            await self._submitted.aclose()
 
     def _timed_out(self) -> UpstreamTimeout:
         self.stats.timeouts += 1
@@ -168,32 +197,3 @@ class Backoff:
     def blocking(self, now: float) -> UpstreamError | None:
         """The error to fail fast with while backing off, else None."""
         return self.error if self.error is not None and now < self.until else None
-
-
-class Waiters:
-    """Queries waiting for a connection or for capacity; each gets its own future (cancel-safe)."""
-
-    def __init__(self) -> None:
-        self._futures: list[asyncio.Future] = []
-
-    def __len__(self) -> int:
-        return len(self._futures)
-
-    async def wait(self) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._futures.append(fut)
-        try:
-            await fut
-        finally:
-            if not fut.done():
-                fut.cancel()
-            try:
-                self._futures.remove(fut)
-            except ValueError:
-                pass
-
-    def wake(self) -> None:
-        futures, self._futures = self._futures, []
-        for fut in futures:
-            if not fut.done():
-                fut.set_result(None)

@@ -22,10 +22,10 @@ import ssl
 
 from dotproxy import wire
 from dotproxy.config import UpstreamURL
-from dotproxy.errors import ConnectionFailed, TLSVerificationFailed, UpstreamError
+from dotproxy.errors import ConnectionFailed, TLSVerificationFailed, UpstreamError, UpstreamTimeout
 from dotproxy.io.tls import ResumingContext, check_pins, describe_tls_error
 from dotproxy.tasks import TaskOwner
-from dotproxy.upstream.base import Backoff, Upstream, UpstreamOptions, Waiters
+from dotproxy.upstream.base import Backoff, Callback, Upstream, UpstreamOptions
 
 log = logging.getLogger("dotproxy.upstream")
 
@@ -66,7 +66,7 @@ class PooledConnection(asyncio.Protocol):
         self.pool = pool
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.waiters: dict[int, asyncio.Future] = {}
+        self.waiters: dict[int, Ticket] = {}  # query ID on this connection -> its ticket
         self.ready = False
         self.draining = False  # takes no new queries; closes when its last one is answered
         self.closed = loop.create_future()
@@ -97,9 +97,8 @@ class PooledConnection(asyncio.Protocol):
         self.core.connection_lost()
         waiters, self.waiters = self.waiters, {}
         reason = f"connection lost: {exc}" if exc else "connection closed by the server"
-        for fut in waiters.values():
-            if not fut.done():
-                fut.set_exception(Resend(reason))
+        for ticket in waiters.values():
+            ticket.failed(Resend(reason))
         if not self.closed.done():
             self.closed.set_result(None)
         self.pool._forget(self)
@@ -120,28 +119,29 @@ class PooledConnection(asyncio.Protocol):
     def usable(self) -> bool:
         return self.ready and not self.draining
 
-    async def ask(self, data: bytes, query: wire.Query) -> bytes:
+    def submit(self, ticket: Ticket) -> int:
+        """Send ``ticket``'s query on this connection; return its query ID here."""
         now = self.loop.time()
         if self._liveness_handle is None and now - self.last_heard() > self.pool.options.quiet_after:
             self._liveness_armed_at = now
             self._liveness_handle = self.loop.call_at(now + self.pool.liveness_bound(), self._liveness_check)
             self.probe(now)
-        query_id = self.core.send_query(data, now, query)
-        fut = self.loop.create_future()
-        self.waiters[query_id] = fut
+        query_id = self.core.send_query(ticket.data, now, ticket.query)
+        self.waiters[query_id] = ticket
         self.schedule_flush()
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if self.waiters.pop(query_id, None) is not None:
-                self.core.cancel(query_id)
-                self.schedule_flush()
-                self.cancelled()
-                if self.draining and not self.waiters:
-                    self.close()
-                elif self.pool._waiters:
-                    self.pool._waiters.wake()  # a slot is free
-            raise
+        return query_id
+
+    def withdraw(self, query_id: int) -> None:
+        """The ticket gave up (cancelled, or past its deadline): orphan its ID / reset its stream."""
+        if self.waiters.pop(query_id, None) is None:
+            return
+        self.core.cancel(query_id)
+        self.schedule_flush()
+        self.cancelled()
+        if self.draining and not self.waiters:
+            self.close()
+        else:
+            self.pool._pump()  # a slot is free
 
     def probe(self, now: float) -> None:
         """Hook: ask the server for a sign of life (DoH sends a PING)."""
@@ -160,18 +160,18 @@ class PooledConnection(asyncio.Protocol):
                 pool.tls.remember(ssl_object)
         if self.draining and not self.waiters:
             self.close()
-        elif pool._waiters:
-            pool._waiters.wake()
+        else:
+            pool._pump()
 
     def resolve(self, query_id: int, data: bytes) -> None:
-        fut = self.waiters.pop(query_id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(data)
+        ticket = self.waiters.pop(query_id, None)
+        if ticket is not None:
+            ticket.answered(data)
 
     def reject(self, query_id: int, error: BaseException) -> None:
-        fut = self.waiters.pop(query_id, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(error)
+        ticket = self.waiters.pop(query_id, None)
+        if ticket is not None:
+            ticket.failed(error)
 
     def retire(self) -> None:
         """Take no new queries; close once the in-flight ones are answered.
@@ -258,6 +258,80 @@ class PooledConnection(asyncio.Protocol):
         self.abort()
 
 
+class Ticket:
+    """One query's way through a pool, without a task or a future of its own.
+
+    Placed on a connection (or queued until one has room), moved once to a fresh
+    connection if its own dies under it, and finished exactly once: answered,
+    failed, past its deadline, or cancelled. Cancelling (or the deadline) withdraws
+    it from its connection, which orphans the DoT ID or resets the DoH stream.
+    """
+
+    __slots__ = ("pool", "data", "query", "callback", "conn", "query_id", "retried", "moves", "done", "_timer")
+
+    def __init__(self, pool: PooledUpstream, data: bytes, query: wire.Query, deadline: float,
+                 callback: Callback) -> None:
+        self.pool = pool
+        self.data = data
+        self.query = query
+        self.callback = callback
+        self.conn: PooledConnection | None = None
+        self.query_id = -1
+        self.retried = False  # used its one re-send after a connection died under it
+        self.moves = 0  # free moves: GOAWAY, REFUSED_STREAM (the server never saw it)
+        self.done = False
+        self._timer = pool.loop.call_at(deadline, self._expired)
+
+    def cancel(self) -> None:
+        """Give up: nothing is delivered, the connection forgets the query."""
+        if self.done:
+            return
+        self.done = True
+        self._timer.cancel()
+        self._withdraw()
+
+    # ------------------------------------------------------------ from the pool and connections
+
+    def answered(self, answer: bytes) -> None:
+        self.conn = None
+        self.pool.stats.answers += 1
+        self._finish(answer, None)
+
+    def failed(self, error: BaseException) -> None:
+        self.conn = None
+        if self.done:
+            return
+        if isinstance(error, Resend):
+            self.pool._resend(self, error)
+        else:
+            self.pool.stats.failures += 1
+            self._finish(None, error)
+
+    def _expired(self) -> None:
+        if self.done:
+            return
+        self._withdraw()
+        self.pool.stats.timeouts += 1
+        self._finish(None, UpstreamTimeout("no answer before the deadline", upstream=self.pool.name))
+
+    def _withdraw(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.withdraw(self.query_id)
+        else:
+            self.pool._queue.pop(self, None)
+
+    def _finish(self, answer: bytes | None, error: BaseException | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._timer.cancel()
+        try:
+            self.callback(answer, error)
+        except Exception:  # the caller's bug must not break the connection that delivered this
+            log.exception("%s: an answer callback failed", self.pool.name)
+
+
 class PooledUpstream(Upstream):
     """An upstream served by a pool of :class:`PooledConnection` to one server."""
 
@@ -272,41 +346,44 @@ class PooledUpstream(Upstream):
         self._conns: list[PooledConnection] = []
         self._closing: set[PooledConnection] = set()  # left the pool, transport not yet gone
         self._dialing = False
-        self._waiters = Waiters()
+        self._queue: dict[Ticket, None] = {}  # waiting for a connection with room, oldest first
         self._backoff = Backoff(options.backoff_min, options.backoff_max)
         self._tasks = TaskOwner(f"upstream {self.name}")
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------ public API
 
-    async def query(self, data: bytes, *, deadline: float | None = None) -> bytes:
+    def submit(self, data: bytes, *, callback: Callback, deadline: float | None = None,
+               query: wire.Query | None = None) -> Ticket:
+        """Ask without awaiting: ``callback(answer, None)`` or ``callback(None, error)`` is
+        called exactly once, unless the returned ticket is cancelled first."""
         deadline = self._deadline(deadline)
-        parsed = wire.parse_query(data)
+        if query is None:
+            query = wire.parse_query(data)
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
         self.stats.queries += 1
-        retried = False
-        moves = 0  # free moves (GOAWAY, REFUSED_STREAM): the server never saw the query
+        ticket = Ticket(self, data, query, deadline, callback)
+        self._place(ticket)
+        return ticket
+
+    async def query(self, data: bytes, *, deadline: float | None = None) -> bytes:
+        fut = asyncio.get_running_loop().create_future()
+
+        def done(answer: bytes | None, error: BaseException | None) -> None:
+            if fut.done():
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(answer)
+
+        ticket = self.submit(data, callback=done, deadline=deadline)
         try:
-            async with asyncio.timeout_at(deadline):
-                while True:
-                    conn = await self._acquire(fresh=retried)
-                    try:
-                        answer = await conn.ask(data, parsed)
-                    except Resend as e:
-                        free = e.free and moves < self.MAX_FREE_MOVES
-                        if self._closed or (retried and not free):
-                            raise ConnectionFailed(e.args[0], upstream=self.name) from e
-                        if free:
-                            moves += 1
-                        else:
-                            retried = True
-                        self.stats.retries += 1
-                        continue
-                    self.stats.answers += 1
-                    return answer
-        except UpstreamError:
-            self.stats.failures += 1
+            return await fut
+        except asyncio.CancelledError:
+            ticket.cancel()
             raise
-        except TimeoutError as e:
-            raise self._timed_out() from e
 
     async def aclose(self) -> None:
         """Close every connection and stop dialling; returns when no socket is left."""
@@ -317,7 +394,7 @@ class PooledUpstream(Upstream):
             conn.abort()
         if conns:
             await asyncio.wait([c.closed for c in conns], timeout=2.0)
-        self._waiters.wake()
+        self._pump()  # queued tickets fail: the upstream is closed
 
     @property
     def connections(self) -> int:
@@ -349,30 +426,87 @@ class PooledUpstream(Upstream):
         """Hook: an error to fail new queries with at once (DoH after a 429)."""
         return None
 
-    async def _acquire(self, fresh: bool = False) -> PooledConnection:
-        loop = asyncio.get_running_loop()
-        while True:
-            if self._closed:
-                raise ConnectionFailed("upstream is closed", upstream=self.name)
-            now = loop.time()
-            error = self.refusing(now)
-            if error is not None:
-                raise error
-            conn = self._pick(fresh, now)
-            room = len(self._conns) < self.options.pool_size and not self._dialing
-            if fresh and conn is None and not room and not self._dialing:
-                self._make_room()
-            if conn is not None:
-                if room and conn.load >= self.options.spread_at and self._backoff.blocking(now) is None:
+    def _blocked(self, now: float) -> UpstreamError | None:
+        """Why no query can be placed now, if something says so: closed, refusing, or backing off."""
+        if self._closed:
+            return ConnectionFailed("upstream is closed", upstream=self.name)
+        error = self.refusing(now)
+        if error is not None:
+            return error
+        error = self._backoff.blocking(now)
+        if error is not None:
+            rebuilt = type(error)(f"{error.detail} (next attempt in {self._backoff.until - now:.1f}s)",
+                                  upstream=self.name)
+            rebuilt.__cause__ = error
+            return rebuilt
+        return None
+
+    def _place(self, ticket: Ticket) -> None:
+        """Put ``ticket`` on the best connection, or in the queue (dialling if there is room)."""
+        now = self.loop.time()
+        if self._queue:  # first come, first placed
+            self._queue[ticket] = None
+            self._pump()
+            return
+        if self._closed or (error := self.refusing(now)) is not None:
+            ticket.failed(ConnectionFailed("upstream is closed", upstream=self.name) if self._closed else error)
+            return
+        conn = self._pick(ticket.retried, now)
+        if conn is not None:
+            self._submit_on(conn, ticket, now)
+            return
+        self._queue[ticket] = None
+        self._pump()
+
+    def _submit_on(self, conn: PooledConnection, ticket: Ticket, now: float) -> None:
+        if (conn.load + 1 >= self.options.spread_at and len(self._conns) < self.options.pool_size
+                and not self._dialing and self._backoff.blocking(now) is None):
+            self._dial()  # this one is getting busy: open another beside it
+        try:
+            ticket.query_id = conn.submit(ticket)
+        except Exception as e:  # the connection cannot take it (no ID left): a failure of this query only
+            ticket.failed(ConnectionFailed(f"cannot send on this connection: {e}", upstream=self.name))
+            return
+        ticket.conn = conn
+
+    def _pump(self) -> None:
+        """Place queued tickets while connections have room; dial, or fail them, when none has."""
+        queue = self._queue
+        while queue:
+            ticket = next(iter(queue))
+            now = self.loop.time() if self.loop is not None else 0.0
+            conn = self._pick(ticket.retried, now)
+            if conn is None:
+                error = self._blocked(now)
+                if error is not None:
+                    tickets = list(queue)
+                    queue.clear()
+                    for t in tickets:
+                        t.failed(error)
+                    return
+                room = len(self._conns) < self.options.pool_size and not self._dialing
+                if ticket.retried and not room and not self._dialing:
+                    self._make_room()
+                elif room:
                     self._dial()
-                return conn
-            error = self._backoff.blocking(now)
-            if error is not None:
-                raise type(error)(f"{error.detail} (next attempt in {self._backoff.until - now:.1f}s)",
-                                  upstream=self.name) from error
-            if room:
-                self._dial()
-            await self._waiters.wait()
+                return
+            del queue[ticket]
+            self._submit_on(conn, ticket, now)
+
+    def _resend(self, ticket: Ticket, reason: Resend) -> None:
+        free = reason.free and ticket.moves < self.MAX_FREE_MOVES
+        if self._closed or (ticket.retried and not free):
+            error = ConnectionFailed(reason.args[0], upstream=self.name)
+            error.__cause__ = reason
+            self.stats.failures += 1
+            ticket._finish(None, error)
+            return
+        if free:
+            ticket.moves += 1
+        else:
+            ticket.retried = True
+        self.stats.retries += 1
+        self._place(ticket)
 
     def _dial(self) -> None:
         self._dialing = True
@@ -426,7 +560,7 @@ class PooledUpstream(Upstream):
             log.warning("%s", e)
         finally:
             self._dialing = False
-            self._waiters.wake()
+            self._pump()
 
     def check_session(self, transport: asyncio.Transport) -> None:
         """Hook: check the negotiated session (DoH: ALPN must be h2)."""
@@ -436,8 +570,7 @@ class PooledUpstream(Upstream):
             self._conns.remove(conn)
             self._closing.add(conn)
             self.stats.connections_open -= 1  # it serves no new query from now on
-            if self._waiters:
-                self._waiters.wake()
+            self._pump()
 
     def _forget(self, conn: PooledConnection) -> None:
         if conn in self._conns:
@@ -445,5 +578,4 @@ class PooledUpstream(Upstream):
             self.stats.connections_open -= 1
         else:
             self._closing.discard(conn)
-        if self._waiters:
-            self._waiters.wake()
+        self._pump()

@@ -143,6 +143,7 @@ class UdpUpstream(Upstream):
 
     async def aclose(self) -> None:
         self._closed = True
+        await self._close_submitted()
         async with self._open_lock:  # a socket being opened now is closed by its opener
             pass
         for fut, _cid, _q in self._pending.values():
