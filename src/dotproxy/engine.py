@@ -53,6 +53,50 @@ class EngineConfig:
             raise ConfigError(f"must be at least 1, not {self.max_in_flight}", where="max_in_flight")
 
 
+class _Resolution:
+    """One query's walk through the upstreams: the next one is asked when one fails
+    (dial error, refusal), never after a timeout (the deadline is spent)."""
+
+    __slots__ = ("upstreams", "data", "query", "deadline", "callback", "index", "ticket", "done")
+
+    def __init__(self, upstreams, data: bytes, query: wire.Query, deadline: float, callback) -> None:
+        self.upstreams = upstreams
+        self.data = data
+        self.query = query
+        self.deadline = deadline
+        self.callback = callback
+        self.index = -1
+        self.ticket = None
+        self.done = False
+
+    def ask(self, index: int) -> None:
+        self.index = index
+        try:
+            ticket = self.upstreams[index].submit(self.data, callback=self._answered, deadline=self.deadline,
+                                                  query=self.query)
+        except UpstreamError as e:  # closed, or the like: as if it had answered so
+            self._answered(None, e)
+            return
+        if self.index == index and not self.done:  # its callback may have moved on already
+            self.ticket = ticket
+
+    def _answered(self, answer: bytes | None, error: BaseException | None) -> None:
+        if self.done:
+            return
+        if (isinstance(error, UpstreamError) and not isinstance(error, UpstreamTimeout)
+                and self.index + 1 < len(self.upstreams)):
+            self.ask(self.index + 1)
+            return
+        self.done = True
+        self.callback(answer, error)
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.done = True
+            if self.ticket is not None:
+                self.ticket.cancel()
+
+
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -66,20 +110,17 @@ class Engine:
         self._tcp: list[TcpListener] = []
         self._udp_transports: list[asyncio.DatagramTransport] = []
         self.addresses: list[tuple[str, int]] = []
+        self._started = False
         self._stopped = False
+        self._stop_done: asyncio.Future | None = None
 
     # ------------------------------------------------------------ resolving
 
-    async def resolve(self, data: bytes, query: wire.Query, deadline: float) -> bytes:
-        error: UpstreamError | None = None
-        for up in self.upstreams:
-            try:
-                return await up.query(data, deadline=deadline)
-            except UpstreamTimeout:
-                raise  # the deadline is spent: nobody else has time left
-            except UpstreamError as e:
-                error = e
-        raise error
+    def resolve(self, data: bytes, query: wire.Query, deadline: float, callback) -> _Resolution:
+        """Ask the upstreams in order; ``callback(answer, error)`` once, unless cancelled first."""
+        resolution = _Resolution(self.upstreams, data, query, deadline, callback)
+        resolution.ask(0)
+        return resolution
 
     # ------------------------------------------------------------ flows
 
@@ -129,11 +170,27 @@ class Engine:
 
     # ------------------------------------------------------------ lifetime
 
-    async def stop(self, grace: float = 0.0) -> None:
-        """Stop listening, give in-flight queries ``grace`` seconds, then close everything."""
+    async def start(self) -> None:
+        """Ready the engine; idempotent. Upstreams dial on their first query, not here."""
         if self._stopped:
+            raise RuntimeError("a stopped engine does not start again: make a new one")
+        self._started = True
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop listening, give in-flight queries ``grace`` seconds, then close everything.
+
+        Every call returns only when everything is closed, a concurrent second one included."""
+        if self._stop_done is not None:
+            await asyncio.shield(self._stop_done)
             return
         self._stopped = True
+        self._stop_done = asyncio.get_running_loop().create_future()
+        try:
+            await self._stop(grace)
+        finally:
+            self._stop_done.set_result(None)
+
+    async def _stop(self, grace: float) -> None:
         for tcp in self._tcp:
             tcp.stop_accepting()
         flows = list(self._flows)

@@ -14,18 +14,19 @@ only; nothing that happens in one flow reaches another.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dotproxy import wire
 from dotproxy.errors import FORMERR, REFUSED, SERVFAIL, UpstreamError, WireError
-from dotproxy.tasks import TaskOwner
 
 log = logging.getLogger("dotproxy.flows")
 
-#: resolve(query bytes, parsed query, absolute deadline) -> answer bytes; raises UpstreamError.
-Resolver = Callable[[bytes, wire.Query, float], Awaitable[bytes]]
+#: resolve(query bytes, parsed query, absolute deadline, callback) -> a handle with cancel();
+#: callback(answer, None) or callback(None, error) comes exactly once unless cancelled first.
+Resolver = Callable[..., object]
 
 # RFC 8914 info codes the flow itself uses.
 EDE_OTHER = 0
@@ -73,7 +74,7 @@ class Admission:
 
 
 class Flow:
-    """One client conversation (``kind`` "udp" or "tcp") and the tasks of its queries."""
+    """One client conversation (``kind`` "udp" or "tcp") and the owner of its queries in flight."""
 
     def __init__(self, kind: str, resolve: Resolver, deliver: Callable, *, timeout: float, admission: Admission,
                  stats: FlowStats, name: str = "flow", on_close: Callable[[Flow], None] | None = None,
@@ -89,16 +90,17 @@ class Flow:
         self._admission = admission
         self._stats = stats
         self._on_close = on_close
-        self._tasks = TaskOwner(name)
+        self._in_flight: dict[int, object] = {}  # key -> the resolution's cancel handle
+        self._keys = itertools.count()
+        self._idle: asyncio.Future | None = None  # set when the last query in flight is answered
         self._buffer = bytearray()  # TCP: bytes of an incomplete message
-        self._pending = 0
         self.closed = False
         stats.flows_opened += 1
 
     @property
     def in_flight(self) -> int:
         """Queries accepted and not yet answered (or cancelled)."""
-        return self._pending
+        return len(self._in_flight)
 
     # ------------------------------------------------------------ input
 
@@ -136,13 +138,17 @@ class Flow:
             self._send(wire.make_error(data, REFUSED, ede=(EDE_NOT_READY, "overloaded")), endpoint, query)
             return
         deadline = asyncio.get_running_loop().time() + self._timeout
-        self._pending += 1
+        key = next(self._keys)
+        self._in_flight[key] = None
         try:
-            self._tasks.spawn(self._answer(data, query, endpoint, deadline), name=self.name)
-        except BaseException:
-            self._pending -= 1
-            self._admission.release()
-            raise
+            handle = self._resolve(data, query, deadline,
+                                   lambda answer, error: self._resolved(key, data, query, endpoint, answer, error))
+        except Exception as e:  # a bug must cost this query a SERVFAIL, not the flow or the engine
+            log.exception("%s: resolving failed", self.name)
+            self._resolved(key, data, query, endpoint, None, e)
+            return
+        if key in self._in_flight:  # not answered at once
+            self._in_flight[key] = handle
 
     def _answer_error(self, data: bytes, rcode: int, endpoint) -> None:
         try:
@@ -153,24 +159,23 @@ class Flow:
         self._stats.formerr += rcode == FORMERR
         self._send(answer, endpoint, None)
 
-    async def _answer(self, data: bytes, query: wire.Query, endpoint, deadline: float) -> None:
+    def _resolved(self, key: int, data: bytes, query: wire.Query, endpoint, answer: bytes | None,
+                  error: BaseException | None) -> None:
         try:
-            try:
-                answer = await self._resolve(data, query, deadline)
-            except UpstreamError as e:
-                self._stats.servfail += 1
-                answer = wire.make_error(data, SERVFAIL, ede=(e.ede, e.detail[:200]))
-            except asyncio.CancelledError:
-                self._stats.cancelled += 1
-                raise
-            except Exception as e:  # a bug must cost this query a SERVFAIL, not the flow or the engine
-                log.exception("%s: resolving failed", self.name)
-                self._stats.servfail += 1
-                answer = wire.make_error(data, SERVFAIL, ede=(EDE_OTHER, f"internal error: {type(e).__name__}"))
-            self._send(answer, endpoint, query)
-        finally:
-            self._pending -= 1
-            self._admission.release()
+            self._in_flight.pop(key)
+        except KeyError:
+            return  # the flow closed first: nothing is delivered
+        self._admission.release()
+        if error is not None:
+            self._stats.servfail += 1
+            if isinstance(error, UpstreamError):
+                answer = wire.make_error(data, SERVFAIL, ede=(error.ede, error.detail[:200]))
+            else:
+                log.error("%s: resolving failed: %r", self.name, error)
+                answer = wire.make_error(data, SERVFAIL, ede=(EDE_OTHER, f"internal error: {type(error).__name__}"))
+        self._send(answer, endpoint, query)
+        if not self._in_flight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     # ------------------------------------------------------------ output
 
@@ -200,22 +205,30 @@ class Flow:
     # ------------------------------------------------------------ closing
 
     def close(self) -> None:
-        """From now on nothing is delivered; every query in flight is cancelled (synchronously)."""
+        """From now on nothing is delivered; every query in flight is cancelled, at once."""
         if self.closed:
             return
         self.closed = True
         self._buffer.clear()
-        self._tasks.cancel_all()
+        in_flight, self._in_flight = self._in_flight, {}
+        for handle in in_flight.values():
+            self._admission.release()
+            self._stats.cancelled += 1
+            if handle is not None:
+                handle.cancel()
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
         self._stats.flows_closed += 1
         if self._on_close is not None:
             self._on_close(self)
 
     async def aclose(self) -> None:
-        """Close, and wait until every task this flow started has finished."""
+        """Close. (Queries are callbacks, not tasks: nothing is left to wait for.)"""
         self.close()
-        await self._tasks.aclose()
 
     async def drain(self, timeout: float) -> None:
         """Let the queries in flight finish for up to ``timeout`` seconds, then close."""
-        await self._tasks.wait_idle(timeout)
-        await self.aclose()
+        if self._in_flight and not self.closed:
+            self._idle = asyncio.get_running_loop().create_future()
+            await asyncio.wait([self._idle], timeout=timeout)
+        self.close()

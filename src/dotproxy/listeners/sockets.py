@@ -84,7 +84,7 @@ class TcpConnection(asyncio.Protocol):
         if self._paused and flow.in_flight <= self.listener.max_pipeline // 2:
             self._paused = False
             self.transport.resume_reading()
-        if self._eof and flow.in_flight <= 1:  # this answer was the last one the client waits for
+        if self._eof and flow.in_flight == 0:  # that was the last answer the client waits for
             self.loop.call_soon(self._close_if_done)
 
     def _close_if_done(self) -> None:
