@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from dotproxy import wire
 from dotproxy.errors import NOERROR
+
+
+@dataclass(slots=True)
+class AnswerReceived:
+    """The event of every transport core: the answer to query ``query_id``, as the client must
+    see it (its ID restored), and the round trip it took."""
+
+    query_id: int
+    data: bytes
+    rtt: float
 
 
 def question_of(query: wire.Query) -> tuple:

@@ -27,7 +27,7 @@ import h2.settings
 
 from dotproxy import wire
 from dotproxy.errors import BadResponse, UpstreamError, UpstreamRefused, WireError
-from dotproxy.proto.answers import answers, for_client, question_of
+from dotproxy.proto.answers import AnswerReceived, answers, for_client, question_of
 
 CONTENT_TYPE = b"application/dns-message"
 _MAX_DNS_MESSAGE = 0xFFFF  # a longer answer body is not DNS: stop reading it
@@ -69,13 +69,6 @@ _DEFAULT_STREAM_LIMIT = 100
 
 
 # ----------------------------------------------------------------- events (past tense)
-
-
-@dataclass(slots=True)
-class AnswerReceived:
-    query_id: int
-    data: bytes
-    rtt: float
 
 
 @dataclass(slots=True)

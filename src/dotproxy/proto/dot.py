@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from dotproxy import wire
 from dotproxy.errors import WireError
-from dotproxy.proto.answers import answers, for_client, question_of
+from dotproxy.proto.answers import AnswerReceived, answers, for_client, question_of
 
 _U16_MAX = 0x10000
 # ". IN NS": every resolver answers it at once from its root priming; a probe asks it.
@@ -26,15 +26,6 @@ _PROBE = b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"\x00\x00\x02\x00\x01"  
 
 
 # ----------------------------------------------------------------- events (past tense)
-
-
-@dataclass(slots=True)
-class AnswerReceived:
-    """The answer to query ``query_id``, with the client's ID restored."""
-
-    query_id: int
-    data: bytes
-    rtt: float
 
 
 @dataclass(slots=True)
