@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 
 from dotproxy import upstream as upstreams_mod
 from dotproxy import wire
+from dotproxy.config import parse_upstream_url
 from dotproxy.errors import ConfigError, UpstreamError, UpstreamTimeout
 from dotproxy.flows.flow import Admission, Flow, FlowStats
 from dotproxy.listeners.sockets import TcpListener, UdpListener
+from dotproxy.upstream.base import UpstreamOptions
 
 log = logging.getLogger("dotproxy.engine")
 
@@ -51,6 +53,15 @@ class EngineConfig:
             raise ConfigError(f"must be positive, not {self.timeout}", where="timeout")
         if self.max_in_flight < 1:
             raise ConfigError(f"must be at least 1, not {self.max_in_flight}", where="max_in_flight")
+        if self.tcp_idle_timeout <= 0:
+            raise ConfigError(f"must be positive, not {self.tcp_idle_timeout}", where="tcp_idle_timeout")
+        for name in ("tcp_max_connections", "tcp_max_pipeline"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be at least 1, not {getattr(self, name)}", where=name)
+        # Upstream URLs and options fail here, with the config, not when the engine starts.
+        for url in self.upstreams:
+            parse_upstream_url(url, where="upstreams")
+            UpstreamOptions.from_kwargs(dict(self.upstream_options), where="upstream_options")
 
 
 class _Resolution:
@@ -147,6 +158,8 @@ class Engine:
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         """UDP and TCP on ``host:port`` (port 0: one free port for both); returns the address bound."""
+        if self._stopped:
+            raise RuntimeError("the engine is stopped")
         loop = asyncio.get_running_loop()
         tcp = TcpListener(self.open_flow, f"tcp {host}:{port}", idle_timeout=self.config.tcp_idle_timeout,
                           max_connections=self.config.tcp_max_connections,

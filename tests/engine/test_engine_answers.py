@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 
 import dns.flags
 import dns.message
@@ -25,13 +26,13 @@ from engine_support import (
     check_error,
     ede_codes,
     engine_env,
+    frame,
     make_query,
     now,
     rcode_of,
+    read_frame,
     refusing_port,
     tcp_client,
-    frame,
-    read_frame,
     txt_answer,
     udp_client,
     wait_until,
@@ -45,7 +46,7 @@ QUIET = 0.25  # how long "no (further) answer" is waited for
 # --------------------------------------------------------------------------- answers
 
 
-@pytest.mark.parametrize("scheme", ["dot", "doh"])
+@pytest.mark.parametrize("scheme", ["dot", "doh", "tcp", "udp"])
 def test_udp_and_tcp_queries_get_the_upstream_answer_with_the_client_id(run, scheme):
     async def main():
         async with engine_env(scheme=scheme) as env:
@@ -90,7 +91,7 @@ def test_many_concurrent_queries_each_answered_once_with_its_own_id(run):
 
 def test_lost_upstream_answers_still_give_every_query_exactly_one_answer(run):
     async def main():
-        async with engine_env(faults=Faults(drop=0.4), timeout=0.5) as env:
+        async with engine_env(faults=Faults(drop=0.4), timeout=0.3) as env:
             async with udp_client(env.address) as c:
                 queries = {i: make_query(f"d{i}.example", id=i, edns=True) for i in range(1, 31)}
                 for q in queries.values():
@@ -117,29 +118,31 @@ def test_lost_upstream_answers_still_give_every_query_exactly_one_answer(run):
 # --------------------------------------------------------------------------- upstream failures
 
 
-def test_stalled_upstream_gives_servfail_ede_22_at_the_deadline(run):
+@pytest.mark.parametrize("scheme", ["dot", "doh", "udp"])
+def test_stalled_upstream_gives_servfail_ede_22_at_the_deadline(run, scheme):
     async def main():
-        async with engine_env(faults=Faults(stall=True), timeout=0.5) as env:
-            async with udp_client(env.address) as c:
-                q = make_query("stalled.example", edns=True)
+        async with engine_env(faults=Faults(stall=True), timeout=0.4, scheme=scheme) as env:
+            async with udp_client(env.address) as c, tcp_client(env.address) as (reader, writer):
+                q_edns = make_query("stalled.example", id=1, edns=True)
+                q_plain = make_query("stalled2.example", id=2)
+                q_tcp = make_query("stalled3.example", id=3, edns=True)
                 start = now()
-                a = await c.ask(q, timeout=3)
-                elapsed = now() - start
-                check_error(a, q, dns.rcode.SERVFAIL, EDE_TIMEOUT)
-                assert 0.45 <= elapsed <= 0.9, elapsed
+                c.send(q_edns)
+                c.send(q_plain)
+                writer.write(frame(q_tcp))
+                answers = await c.wait_for(2, timeout=2)
+                a_tcp = await read_frame(reader, timeout=2)
+                for t in c.times:
+                    assert 0.35 <= t - start <= 0.8, t - start
+                assert now() - start <= 0.8
+                by_id = {dns.message.from_wire(a).id: a for a in answers}
+                check_error(by_id[1], q_edns, dns.rcode.SERVFAIL, EDE_TIMEOUT)
                 # without EDNS: SERVFAIL, and no OPT (so no EDE) to a client that sent none
-                q = make_query("stalled2.example")
-                a = await c.ask(q, timeout=3)
-                r = check_error(a, q, dns.rcode.SERVFAIL)
+                r = check_error(by_id[2], q_plain, dns.rcode.SERVFAIL)
                 assert r.edns < 0
+                check_error(a_tcp, q_tcp, dns.rcode.SERVFAIL, EDE_TIMEOUT)
                 await asyncio.sleep(QUIET)
                 assert len(c.received) == 2
-            async with tcp_client(env.address) as (reader, writer):
-                q = make_query("stalled3.example", edns=True)
-                start = now()
-                writer.write(frame(q))
-                check_error(await read_frame(reader), q, dns.rcode.SERVFAIL, EDE_TIMEOUT)
-                assert 0.45 <= now() - start <= 0.9
             assert env.stats.servfail == 3
 
     run(main)
@@ -217,14 +220,20 @@ def test_malformed_queries_get_formerr_and_headerless_ones_nothing(run):
                     assert a[2] & 0x80, "QR must be set"
                     assert rcode_of(a) == dns.rcode.FORMERR, (data, a)
                 assert env.stats.formerr == len(cases)
-                for short in (b"", b"\x12", b"\x12\x34\x01\x00\x00\x01", bytes(11)):
+                for short in (b"\x12", b"\x12\x34\x01\x00\x00\x01", bytes(11)):
                     c.send(short)
+                # an empty datagram (asyncio's sendto drops empty data: a plain socket sends it)
+                raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    raw.sendto(b"", env.address)
+                finally:
+                    raw.close()
+                await wait_until(lambda: env.stats.dropped_unreadable == 4, what="4 unreadable datagrams")
                 # the socket still serves: the valid query's answer is the only datagram that comes back
                 check_answer(await c.ask(valid, timeout=2), valid)
                 await asyncio.sleep(QUIET)
                 assert len(c.received) == len(cases) + 1
-                # an empty datagram may not even reach the protocol; the others are counted
-                assert env.stats.dropped_unreadable >= 3
+                assert env.stats.dropped_unreadable == 4, env.stats
             assert env.up.stats.queries["dot"] == 1  # nothing malformed went upstream
 
     run(main)
@@ -368,5 +377,57 @@ def test_random_ids_and_names_round_trip(run):
                 for qid in [0, 0xFFFF, *random.sample(range(1, 0xFFFF), 8)]:
                     q = make_query(f"id{qid}.example", id=qid)
                     check_answer(await c.ask(q), q)
+
+    run(main)
+
+
+def test_a_misbehaving_upstream_still_gives_every_query_exactly_one_answer(run):
+    """Connections closed under queries, garbage and wrong IDs: each query gets one answer,
+    the upstream's or SERVFAIL with an EDE (22 or 23), within its deadline."""
+
+    async def main():
+        async with engine_env(timeout=0.4) as env:
+            async with udp_client(env.address) as c:
+                phases = [dict(close_after=5, jitter=0.02), dict(garbage=0.2), dict(wrong_id=0.2)]
+                total = 0
+                for n, knobs in enumerate(phases):
+                    env.up.faults = Faults(**knobs)
+                    queries = {n * 100 + i: make_query(f"p{n}q{i}.example", id=n * 100 + i, edns=True)
+                               for i in range(40)}
+                    start = now()
+                    for q in queries.values():
+                        c.send(q)
+                    total += len(queries)
+                    answers = (await c.wait_for(total, timeout=2))[total - len(queries):]
+                    assert now() - start < 0.4 + 0.3
+                    assert sorted(dns.message.from_wire(a).id for a in answers) == sorted(queries), knobs
+                    for a in answers:
+                        m = dns.message.from_wire(a)
+                        if m.rcode() == dns.rcode.NOERROR:
+                            check_answer(a, queries[m.id])
+                        else:
+                            r = check_error(a, queries[m.id], dns.rcode.SERVFAIL)
+                            assert ede_codes(r) in ([EDE_TIMEOUT], [EDE_NETWORK]), (knobs, r.options)
+                await asyncio.sleep(QUIET)
+                assert len(c.received) == total
+
+    run(main)
+
+
+def test_failover_when_the_first_upstream_refuses(run):
+    """A DoH upstream answering HTTP 503 refuses: the query passes to the next upstream."""
+
+    async def main():
+        async with engine_env(faults=Faults(http_status=503), upstreams=lambda up: (up.doh_url, up.dot_url),
+                              timeout=2.0) as env:
+            async with udp_client(env.address) as c:
+                for i in range(3):
+                    q = make_query(f"refused{i}.example", id=i)
+                    start = now()
+                    check_answer(await c.ask(q), q)
+                    assert now() - start < 1.0
+            assert env.up.stats.queries["dot"] == 3
+            assert env.up.stats.http_errors_sent >= 1
+            assert env.stats.servfail == 0
 
     run(main)

@@ -110,7 +110,10 @@ def engine_config(args: argparse.Namespace) -> tuple[EngineConfig, tuple[str, in
         config = EngineConfig(**values)
     except ConfigError as e:
         raise ConfigError(str(e), where=where) from e
-    return config, listen, float(data.get("shutdown_grace", 2.0))
+    grace = float(data.get("shutdown_grace", 2.0))
+    if grace < 0:
+        raise ConfigError(f"must be 0 or more, not {grace}", where=f"{where}: shutdown_grace")
+    return config, listen, grace
 
 
 async def serve(config: EngineConfig, listen: tuple[str, int], grace: float) -> int:

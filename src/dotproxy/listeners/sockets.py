@@ -56,7 +56,8 @@ class TcpConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.last_activity = self.loop.time()
         self._idle_handle: asyncio.TimerHandle | None = None
-        self._paused = False
+        self._paused = False  # too many queries in flight
+        self._write_paused = False  # the client does not read its answers
         self._eof = False
 
     def connection_made(self, transport) -> None:
@@ -83,7 +84,8 @@ class TcpConnection(asyncio.Protocol):
         flow = self.flow
         if self._paused and flow.in_flight <= self.listener.max_pipeline // 2:
             self._paused = False
-            self.transport.resume_reading()
+            if not self._write_paused:
+                self.transport.resume_reading()
         if self._eof and flow.in_flight == 0:  # that was the last answer the client waits for
             self.loop.call_soon(self._close_if_done)
 
@@ -97,6 +99,16 @@ class TcpConnection(asyncio.Protocol):
         if not self._paused and self.flow.in_flight >= self.listener.max_pipeline:
             self._paused = True  # the client pipelines faster than upstreams answer: stop reading
             self.transport.pause_reading()
+
+    def pause_writing(self) -> None:
+        # The client reads slower than it asks: stop reading its queries until it catches up.
+        self._write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._paused:
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         # The client has sent all it will (RFC 7766 section 6.2.4): answer what it asked, then close.

@@ -49,7 +49,14 @@ class UpstreamOptions:
                               where=where)
         if "spki_pins" in options:
             pins = options["spki_pins"]
-            options = {**options, "spki_pins": (pins,) if isinstance(pins, str) else tuple(pins)}
+            if isinstance(pins, str):
+                pins = (pins,)
+            if not isinstance(pins, (list, tuple)) or not all(isinstance(p, str) for p in pins):
+                raise ConfigError("spki_pins must be a list of base64 SHA-256 pins", where=where)
+            options = {**options, "spki_pins": tuple(pins)}
+        for f in fields(cls):
+            if f.name in options and f.name != "spki_pins":
+                _check_type(f.name, options[f.name], f.default, where)
         opts = cls(**options)
         if opts.pool_size < 1 or opts.max_outstanding < 1:
             raise ConfigError("pool_size and max_outstanding must be at least 1", where=where)
@@ -64,6 +71,19 @@ class UpstreamOptions:
         if opts.timeout <= 0 or opts.connect_timeout <= 0 or opts.idle_timeout <= 0:
             raise ConfigError("timeouts must be positive", where=where)
         return opts
+
+
+_OPTIONAL = {"pad_block": int, "name": str}  # options that may also be None
+
+
+def _check_type(name: str, value, default, where: str) -> None:
+    want = _OPTIONAL.get(name) or type(default)
+    if value is None and name in _OPTIONAL:
+        return
+    ok = (isinstance(value, want) and not (want is int and isinstance(value, bool))) or (
+        want is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{name} must be {want.__name__}, not {type(value).__name__} {value!r}", where=where)
 
 
 @dataclass(slots=True)

@@ -31,7 +31,9 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.upstream._received(data)
 
     def error_received(self, exc: Exception) -> None:
-        log.debug("%s: %s", self.upstream.name, exc)  # ICMP unreachable: the resend/deadline handles it
+        log.debug("%s: %s", self.upstream.name, exc)
+        if isinstance(exc, ConnectionRefusedError):  # ICMP port unreachable: nobody serves DNS there
+            self.upstream._refused(exc)
 
     def connection_lost(self, exc) -> None:
         if not self.closed.done():
@@ -129,6 +131,12 @@ class UdpUpstream(Upstream):
             return
         if not fut.done():
             fut.set_result(data)
+
+    def _refused(self, exc: Exception) -> None:
+        """The socket is connected to the server alone: a refusal is about every query on it."""
+        for fut, _cid, _q in list(self._pending.values()):
+            if not fut.done():
+                fut.set_exception(ConnectionFailed(f"{self.url.authority} refused: {exc}", upstream=self.name))
 
     #: Finished query IDs remembered to tell a late answer from a stray one.
     RECENT_IDS = 4096
