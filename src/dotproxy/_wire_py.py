@@ -103,22 +103,21 @@ class ResponseInfo:
 # --------------------------------------------------------------------------- names
 
 
-def _read_name(data: bytes, off: int) -> tuple[bytes, int]:
-    """Read the name at ``off``: its uncompressed wire form and the offset after it."""
+def _walk_name(data: bytes, off: int, labels: list | None) -> int:
+    """Validate the name at ``off`` and return the offset after it; with ``labels``, also
+    append its uncompressed wire form there, label by label (the C core's ``out`` buffer)."""
     n = len(data)
     limit = off  # a pointer must land strictly before this
     total = 0
     end = -1
-    labels = []
     while True:
         if off >= n:
             raise WireError("name runs past the end")
         length = data[off]
         if length == 0:
-            if end < 0:
-                end = off + 1
-            labels.append(b"\x00")
-            return b"".join(labels), end
+            if labels is not None:
+                labels.append(b"\x00")
+            return off + 1 if end < 0 else end
         if length < 0x40:
             nxt = off + 1 + length
             if nxt > n:
@@ -126,7 +125,8 @@ def _read_name(data: bytes, off: int) -> tuple[bytes, int]:
             total += length + 1
             if total > 254:  # the root octet still has to fit in 255
                 raise WireError("name too long")
-            labels.append(data[off:nxt])
+            if labels is not None:
+                labels.append(data[off:nxt])
             off = nxt
         elif length >= 0xC0:
             if off + 1 >= n:
@@ -140,40 +140,17 @@ def _read_name(data: bytes, off: int) -> tuple[bytes, int]:
             off = target
         else:
             raise WireError("label too long")
+
+
+def _read_name(data: bytes, off: int) -> tuple[bytes, int]:
+    """The uncompressed wire form of the name at ``off``, and the offset after it."""
+    labels: list = []
+    end = _walk_name(data, off, labels)
+    return b"".join(labels), end
 
 
 def _skip_name(data: bytes, off: int) -> int:
-    """Validate the name at ``off`` exactly as :func:`_read_name` does; return the offset after it."""
-    n = len(data)
-    limit = off
-    total = 0
-    end = -1
-    while True:
-        if off >= n:
-            raise WireError("name runs past the end")
-        length = data[off]
-        if length == 0:
-            return off + 1 if end < 0 else end
-        if length < 0x40:
-            nxt = off + 1 + length
-            if nxt > n:
-                raise WireError("name runs past the end")
-            total += length + 1
-            if total > 254:
-                raise WireError("name too long")
-            off = nxt
-        elif length >= 0xC0:
-            if off + 1 >= n:
-                raise WireError("name runs past the end")
-            target = ((length & 0x3F) << 8) | data[off + 1]
-            if target >= limit:
-                raise WireError("bad compression pointer")
-            if end < 0:
-                end = off + 2
-            limit = target
-            off = target
-        else:
-            raise WireError("label too long")
+    return _walk_name(data, off, None)
 
 
 def _name_text(wire: bytes) -> str:
