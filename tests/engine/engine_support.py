@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ import dns.rdatatype
 import dns.rrset
 
 from dotproxy.engine import Engine, EngineConfig
+from leaks import assert_nothing_left, fds, server_fds  # noqa: F401  (re-exported)
+
 from dotproxy.testing import ANSWER_A, TestUpstream, default_answer
 
 EDE_TIMEOUT = 22  # RFC 8914 "No Reachable Authority": the deadline passed
@@ -109,49 +110,9 @@ def txt_answer(count: int, size: int = 30):
 # --------------------------------------------------------------------------- leaks
 
 
-def fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def server_fds(server: TestUpstream) -> set[str]:
-    """The descriptors of the test upstream's accepted connections (its business, not the engine's)."""
-    out = set()
-    for conn in list(server._conns):
-        raw = getattr(conn, "_raw", None)
-        if raw is None:
-            continue
-        sock = raw.get_extra_info("socket")
-        if sock is not None:
-            try:
-                fd = sock.fileno()
-            except (OSError, ValueError):
-                continue
-            if fd >= 0:
-                out.add(str(fd))
-    return out
-
-
 async def check_no_leaks(tasks_before: set, fds_before: set[str], server: TestUpstream | None,
                          settle: float = 1.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + settle
-    while True:
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        leaked_fds = fds() - fds_before - (server_fds(server) if server is not None else set())
-        leaked_tasks = {t for t in asyncio.all_tasks() - tasks_before if not t.done()}
-        leaked_tasks.discard(asyncio.current_task())
-        if not leaked_fds and not leaked_tasks:
-            return
-        if loop.time() > end:
-            described = {}
-            for fd in leaked_fds:
-                try:
-                    described[fd] = os.readlink(f"/proc/self/fd/{fd}")
-                except OSError:
-                    described[fd] = "?"
-            raise AssertionError(f"left after engine.stop(): fds {described}, tasks {leaked_tasks}")
-        await asyncio.sleep(0.01)
+    await assert_nothing_left(tasks_before, fds_before, server, settle=settle, after="engine.stop()")
 
 
 # --------------------------------------------------------------------------- the engine under test

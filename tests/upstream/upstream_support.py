@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 
 import dns.edns
@@ -12,6 +11,8 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+
+from leaks import assert_nothing_left, fds, server_fds  # noqa: F401  (re-exported)
 
 from dotproxy.testing import ANSWER_A, ANSWER_AAAA, TestUpstream, default_answer
 
@@ -120,28 +121,6 @@ class Recorder:
         return default_answer(query)
 
 
-def fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def server_fds(server: TestUpstream) -> set[str]:
-    """The descriptors of the server's accepted connections (not the client's business)."""
-    out = set()
-    for conn in list(server._conns):
-        raw = getattr(conn, "_raw", None)
-        if raw is None:
-            continue
-        sock = raw.get_extra_info("socket")
-        if sock is not None:
-            try:
-                fd = sock.fileno()
-            except (OSError, ValueError):
-                continue
-            if fd >= 0:
-                out.add(str(fd))
-    return out
-
-
 @contextlib.asynccontextmanager
 async def no_leaks(server: TestUpstream | None = None, settle: float = 1.0):
     """Around a client's whole life: afterwards no new task and no new descriptor of the client remains.
@@ -152,25 +131,7 @@ async def no_leaks(server: TestUpstream | None = None, settle: float = 1.0):
     tasks_before = asyncio.all_tasks()
     fds_before = fds()
     yield
-    loop = asyncio.get_running_loop()
-    end = loop.time() + settle
-    while True:
-        # Two iterations: transports close their sockets on the next loop iteration.
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        leaked_fds = fds() - fds_before - (server_fds(server) if server is not None else set())
-        leaked_tasks = {t for t in asyncio.all_tasks() - tasks_before if not t.done()}
-        if not leaked_fds and not leaked_tasks:
-            break
-        if loop.time() > end:
-            described = {}
-            for fd in leaked_fds:
-                try:
-                    described[fd] = os.readlink(f"/proc/self/fd/{fd}")
-                except OSError:
-                    described[fd] = "?"
-            raise AssertionError(f"left after aclose(): fds {described}, tasks {leaked_tasks}")
-        await asyncio.sleep(0.01)
+    await assert_nothing_left(tasks_before, fds_before, server, settle=settle, after="aclose()")
 
 
 @contextlib.asynccontextmanager
