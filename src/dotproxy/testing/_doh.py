@@ -196,7 +196,7 @@ class DoHConnection(Connection):
             return
         if len(self._streams) >= self._limit:
             self._stats.doh_streams_refused += 1
-            self._h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            self._reset(sid, ErrorCodes.REFUSED_STREAM)  # the client may have reset it already
             return
         self._streams[sid] = _Stream(ev.headers)
         self._processed += 1
