@@ -57,7 +57,7 @@ class DohConnection(PooledConnection):
             elif kind is QueryFailed:
                 answered = True
                 if event.retry:
-                    self.reject(event.query_id, Resend("server refused the stream", free=True))
+                    self.reject(event.query_id, Resend("server refused the stream", free=True, refused=True))
                 else:
                     if isinstance(event.error, BadResponse):
                         pool.stats.unexpected_answers += 1

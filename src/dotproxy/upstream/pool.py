@@ -34,12 +34,15 @@ class Resend(Exception):
     """Internal: the query did not get an answer on its connection and may be sent on another.
 
     ``free``: the server provably never processed it (GOAWAY, REFUSED_STREAM), so
-    the move does not use up the query's one retry.
+    the move does not use up the query's one retry. ``refused``: the server turned it
+    away (REFUSED_STREAM, overload): such free moves are capped, GOAWAY moves are not
+    (each is a connection ending; the deadline bounds them).
     """
 
-    def __init__(self, reason: str, *, free: bool = False) -> None:
+    def __init__(self, reason: str, *, free: bool = False, refused: bool = False) -> None:
         super().__init__(reason)
         self.free = free
+        self.refused = refused
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -278,7 +281,7 @@ class Ticket:
         self.conn: PooledConnection | None = None
         self.query_id = -1
         self.retried = False  # used its one re-send after a connection died under it
-        self.moves = 0  # free moves: GOAWAY, REFUSED_STREAM (the server never saw it)
+        self.moves = 0  # free moves after REFUSED_STREAM (the server turned it away unseen)
         self.done = False
         self._timer = pool.loop.call_at(deadline, self._expired)
 
@@ -337,7 +340,7 @@ class PooledUpstream(Upstream):
 
     connection_class: type[PooledConnection]
     #: A server that keeps refusing streams (overloaded) gets a query this many times at most.
-    MAX_FREE_MOVES = 3
+    MAX_REFUSED_MOVES = 3
 
     def __init__(self, url: UpstreamURL, options: UpstreamOptions, *, tls: ResumingContext | None) -> None:
         super().__init__(url, options)
@@ -494,17 +497,17 @@ class PooledUpstream(Upstream):
             self._submit_on(conn, ticket, now)
 
     def _resend(self, ticket: Ticket, reason: Resend) -> None:
-        free = reason.free and ticket.moves < self.MAX_FREE_MOVES
+        free = reason.free and not (reason.refused and ticket.moves >= self.MAX_REFUSED_MOVES)
         if self._closed or (ticket.retried and not free):
             error = ConnectionFailed(reason.args[0], upstream=self.name)
             error.__cause__ = reason
             self.stats.failures += 1
             ticket._finish(None, error)
             return
-        if free:
-            ticket.moves += 1
-        else:
+        if not free:
             ticket.retried = True
+        elif reason.refused:
+            ticket.moves += 1
         self.stats.retries += 1
         self._place(ticket)
 
