@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger("dotproxy.tasks")
@@ -19,8 +19,9 @@ log = logging.getLogger("dotproxy.tasks")
 class TaskOwner:
     """Starts tasks, keeps them, and cancels and awaits all of them in :meth:`aclose`."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, on_error: Callable[[BaseException], None] | None = None) -> None:
         self.name = name
+        self._on_error = on_error  # default: log it
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
@@ -44,18 +45,10 @@ class TaskOwner:
     def _finished(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("%s: task %s failed", self.name, task.get_name(), exc_info=exc)
-
-    async def wait_idle(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the running tasks to finish by themselves."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
-
-    def cancel_all(self) -> None:
-        """Cancel every task now, without waiting (a synchronous close); they end on their own."""
-        self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
+            if self._on_error is not None:
+                self._on_error(exc)
+            else:
+                log.error("%s: task %s failed", self.name, task.get_name(), exc_info=exc)
 
     async def aclose(self) -> None:
         """Cancel every task and wait until all of them have finished."""

@@ -1,7 +1,7 @@
 """Task ownership and the stream-connection machinery shared by TCP, DoT and DoH.
 
-Every task the test upstream starts comes from its :class:`TaskSet` (cancelled and
-awaited by ``TestUpstream.aclose()``) and is also registered with the connection or
+Every task the test upstream starts comes from its :class:`dotproxy.tasks.TaskOwner`
+(cancelled and awaited by ``TestUpstream.aclose()``) and is also registered with the connection or
 UDP endpoint it works for, which cancels it when it closes. Timer handles are owned
 the same way. Nothing here raises out of an asyncio callback: unexpected errors are
 logged, counted in ``stats.internal_errors`` and end only the connection concerned.
@@ -22,46 +22,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("dotproxy.testing")
 
 
-class TaskSet:
-    """The owner of every task of one server: ``spawn`` them, ``aclose`` cancels and awaits them."""
-
-    def __init__(self, on_error: Callable[[BaseException], None]) -> None:
-        self._tasks: set[asyncio.Task] = set()
-        self._closed = False
-        self._on_error = on_error
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
-        """Start ``coro`` as an owned task; ``None`` (and the coroutine closed) once closed."""
-        if self._closed:
-            coro.close()
-            return None
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()  # retrieved: never "Task exception was never retrieved"
-        if exc is not None:
-            self._on_error(exc)
-
-    async def aclose(self) -> None:
-        """Cancel every task and wait until all of them are done."""
-        self._closed = True
-        while self._tasks:
-            tasks = list(self._tasks)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.sleep(0)  # let the done callbacks run
-
-
 class Owner:
     """Something that owns timer handles and tasks started for its queries."""
 
@@ -74,8 +34,12 @@ class Owner:
         self._pending: set[Any] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = self._server._tasks.spawn(coro)
-        if task is not None and not task.done():
+        tasks = self._server._tasks
+        if tasks.closed:  # the server is closing: this work is not wanted any more
+            coro.close()
+            return
+        task = tasks.spawn(coro)
+        if not task.done():
             self._pending.add(task)
             task.add_done_callback(self._forget)
 

@@ -33,7 +33,8 @@ from functools import partial
 from typing import Any, Union
 
 from dotproxy.errors import SERVFAIL
-from dotproxy.testing._base import DNSStreamConnection, Owner, TaskSet, log
+from dotproxy.tasks import TaskOwner
+from dotproxy.testing._base import DNSStreamConnection, Owner, log
 from dotproxy.testing._doh import DoHConnection
 from dotproxy.testing.answer import default_answer, garbage, truncated_udp, wrong_id
 from dotproxy.testing.certs import (
@@ -152,7 +153,7 @@ class TestUpstream:
         self._certs = certificates
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks = TaskSet(self._internal_error)
+        self._tasks = TaskOwner("test upstream", on_error=self._internal_error)
         self._conns: set = set()
         self._udp: _UDPEndpoint | None = None
         self._udp_transport: asyncio.DatagramTransport | None = None
