@@ -66,3 +66,22 @@ def run(loop_kind):
         return result
 
     return _run
+
+
+def after(seconds: float) -> float:
+    """An absolute deadline ``seconds`` from now on the running loop's clock."""
+    return asyncio.get_running_loop().time() + seconds
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def wait_until(predicate, timeout: float = 2.0, what: str = "condition") -> float:
+    """Poll ``predicate`` every 5 ms; return the time it took; fail after ``timeout``."""
+    start = now()
+    while not predicate():
+        if now() - start > timeout:
+            raise AssertionError(f"{what}: not true after {timeout}s")
+        await asyncio.sleep(0.005)
+    return now() - start

@@ -25,6 +25,7 @@ import dns.rrset
 
 from dotproxy.engine import Engine, EngineConfig
 from leaks import assert_nothing_left, fds, server_fds  # noqa: F401  (re-exported)
+from loop_fixtures import now, wait_until  # noqa: F401  (re-exported)
 
 from dotproxy.testing import ANSWER_A, TestUpstream, default_answer
 
@@ -244,17 +245,8 @@ async def read_eof(reader: asyncio.StreamReader, timeout: float = 3.0) -> bytes:
             return b""
 
 
-def now() -> float:
-    return asyncio.get_running_loop().time()
 
 
-async def wait_until(predicate, timeout: float = 2.0, what: str = "condition") -> float:
-    start = now()
-    while not predicate():
-        if now() - start > timeout:
-            raise AssertionError(f"{what}: not true after {timeout}s")
-        await asyncio.sleep(0.005)
-    return now() - start
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import dns.rcode
 import dns.rdatatype
 
 from leaks import assert_nothing_left, fds, server_fds  # noqa: F401  (re-exported)
+from loop_fixtures import after, now, wait_until  # noqa: F401  (re-exported)
 
 from dotproxy.testing import ANSWER_A, ANSWER_AAAA, TestUpstream, default_answer
 
@@ -203,23 +204,10 @@ async def client(server: TestUpstream, scheme: str = "dot", *, url: str | None =
             await up.aclose()
 
 
-def after(seconds: float) -> float:
-    """An absolute deadline ``seconds`` from now on the running loop's clock."""
-    return asyncio.get_running_loop().time() + seconds
 
 
-def now() -> float:
-    return asyncio.get_running_loop().time()
 
 
-async def wait_until(predicate, timeout: float = 2.0, what: str = "condition") -> float:
-    """Poll ``predicate`` every 5 ms; return the time it took; fail after ``timeout``."""
-    start = now()
-    while not predicate():
-        if now() - start > timeout:
-            raise AssertionError(f"{what}: not true after {timeout}s")
-        await asyncio.sleep(0.005)
-    return now() - start
 
 
 class _TCPConnectionsAccepted:
