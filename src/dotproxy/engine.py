@@ -9,6 +9,13 @@
 
 Upstreams are asked in order: the first that answers wins; a failing one (dial
 error, refusal) passes the query to the next within the same deadline.
+
+Lifecycle: ``sleep()`` before the machine sleeps lets idle connections go;
+``wake()`` and ``network_changed()`` make every open connection suspect (idle
+ones dropped, busy ones drain under a liveness check) without dialling anything:
+the next query dials, resuming its TLS session. A suspension nobody announced
+is noticed by a clock that counts sleep (``dotproxy.io.suspend``), checked
+every ``suspend_check`` seconds, and handled as a wake.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from dotproxy import wire
 from dotproxy.config import parse_upstream_url
 from dotproxy.errors import ConfigError, UpstreamError, UpstreamTimeout
 from dotproxy.flows.flow import Admission, Flow, FlowStats
+from dotproxy.io.suspend import SuspendWatch, suspended_so_far
 from dotproxy.listeners.sockets import TcpListener, UdpListener
+from dotproxy.querylog import QuerySubscriber, SafeSubscriber
 from dotproxy.upstream.base import UpstreamOptions
 
 log = logging.getLogger("dotproxy.engine")
@@ -45,6 +54,7 @@ class EngineConfig:
     tcp_max_connections: int = 1000
     tcp_max_pipeline: int = 100
     upstream_options: dict = field(default_factory=dict)
+    suspend_check: float = 1.0  # seconds between looks at the suspension clock
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -53,6 +63,8 @@ class EngineConfig:
             raise ConfigError(f"must be positive, not {self.timeout}", where="timeout")
         if self.max_in_flight < 1:
             raise ConfigError(f"must be at least 1, not {self.max_in_flight}", where="max_in_flight")
+        if self.suspend_check <= 0:
+            raise ConfigError(f"must be positive, not {self.suspend_check}", where="suspend_check")
         if self.tcp_idle_timeout <= 0:
             raise ConfigError(f"must be positive, not {self.tcp_idle_timeout}", where="tcp_idle_timeout")
         for name in ("tcp_max_connections", "tcp_max_pipeline"):
@@ -79,6 +91,11 @@ class _Resolution:
         self.index = -1
         self.ticket = None
         self.done = False
+
+    @property
+    def upstream(self) -> str | None:
+        """The name of the upstream asked last."""
+        return self.upstreams[self.index].name if self.index >= 0 else None
 
     def ask(self, index: int) -> None:
         self.index = index
@@ -108,9 +125,20 @@ class _Resolution:
                 self.ticket.cancel()
 
 
+@dataclass(slots=True)
+class LifecycleStats:
+    sleeps: int = 0
+    wakes: int = 0
+    network_changes: int = 0
+    suspensions: int = 0  # noticed by the suspension clock, not announced
+    suspended_seconds: float = 0.0
+
+
 class Engine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, *, query_log: QuerySubscriber | None = None,
+                 suspended_clock=suspended_so_far) -> None:
         self.config = config
+        self.query_log = None if query_log is None else SafeSubscriber(query_log)
         # Built here so that a bad URL or option fails before anything listens.
         self.upstreams = [upstreams_mod.connect(url, ca_file=config.ca_file, **config.upstream_options)
                           for url in config.upstreams]
@@ -124,6 +152,10 @@ class Engine:
         self._started = False
         self._stopped = False
         self._stop_done: asyncio.Future | None = None
+        self.lifecycle = LifecycleStats()
+        self._suspended_clock = suspended_clock
+        self._suspend_watch: SuspendWatch | None = None
+        self._suspend_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ resolving
 
@@ -146,13 +178,19 @@ class Engine:
                 on_close(flow)
 
         flow = Flow(kind, self.resolve, deliver, timeout=self.config.timeout, admission=self._admission,
-                    stats=self.stats, name=name or f"{kind} flow", on_close=closed, metadata=metadata)
+                    stats=self.stats, name=name or f"{kind} flow", on_close=closed, metadata=metadata,
+                    query_log=self.query_log)
         self._flows.add(flow)
         return flow
 
     @property
     def flows(self) -> int:
         return len(self._flows)
+
+    @property
+    def in_flight(self) -> int:
+        """Queries admitted and not yet answered, engine-wide."""
+        return self._admission.in_flight
 
     # ------------------------------------------------------------ listeners
 
@@ -187,7 +225,58 @@ class Engine:
         """Ready the engine; idempotent. Upstreams dial on their first query, not here."""
         if self._stopped:
             raise RuntimeError("a stopped engine does not start again: make a new one")
+        if self._started:
+            return
         self._started = True
+        self._suspend_watch = SuspendWatch(self._suspended_clock())
+        self._suspend_timer = asyncio.get_running_loop().call_later(self.config.suspend_check,
+                                                                    self._check_suspension)
+
+    # ------------------------------------------------------------ sleep, wake, network changes
+
+    def sleep(self) -> None:
+        """The machine is about to sleep: idle upstream connections are closed politely now."""
+        if self._stopped:
+            return
+        self.lifecycle.sleeps += 1
+        log.debug("going to sleep")
+        for up in self.upstreams:
+            up.quiesce()
+
+    def wake(self) -> None:
+        """The machine woke: every open upstream connection is suspect. Nothing is dialled."""
+        if self._stopped:
+            return
+        self.lifecycle.wakes += 1
+        log.debug("awake")
+        self._suspect_all()
+        if self._suspend_watch is not None:  # an announced wake is not a second, unannounced one
+            self._suspend_watch.observe(self._suspended_clock())
+
+    def network_changed(self) -> None:
+        """The network path changed: every open upstream connection is suspect. Nothing is dialled."""
+        if self._stopped:
+            return
+        self.lifecycle.network_changes += 1
+        log.debug("network changed")
+        self._suspect_all()
+
+    def _suspect_all(self) -> None:
+        for up in self.upstreams:
+            up.network_changed()
+
+    def _check_suspension(self) -> None:
+        self._suspend_timer = None
+        if self._stopped:
+            return
+        slept = self._suspend_watch.observe(self._suspended_clock())
+        if slept:
+            self.lifecycle.suspensions += 1
+            self.lifecycle.suspended_seconds += slept
+            log.info("the machine was suspended for %.1fs: upstream connections are suspect", slept)
+            self._suspect_all()
+        self._suspend_timer = asyncio.get_running_loop().call_later(self.config.suspend_check,
+                                                                    self._check_suspension)
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop listening, give in-flight queries ``grace`` seconds, then close everything.
@@ -197,6 +286,9 @@ class Engine:
             await asyncio.shield(self._stop_done)
             return
         self._stopped = True
+        if self._suspend_timer is not None:
+            self._suspend_timer.cancel()
+            self._suspend_timer = None
         self._stop_done = asyncio.get_running_loop().create_future()
         try:
             await self._stop(grace)

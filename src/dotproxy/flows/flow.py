@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from dotproxy import wire
 from dotproxy.errors import FORMERR, REFUSED, SERVFAIL, UpstreamError, WireError
+from dotproxy.querylog import QueryRecord
 
 log = logging.getLogger("dotproxy.flows")
 
@@ -78,7 +79,7 @@ class Flow:
 
     def __init__(self, kind: str, resolve: Resolver, deliver: Callable, *, timeout: float, admission: Admission,
                  stats: FlowStats, name: str = "flow", on_close: Callable[[Flow], None] | None = None,
-                 metadata: object = None) -> None:
+                 metadata: object = None, query_log: Callable[[QueryRecord], None] | None = None) -> None:
         if kind not in ("udp", "tcp"):
             raise ValueError(f"a flow is 'udp' or 'tcp', not {kind!r}")
         self.kind = kind
@@ -90,6 +91,7 @@ class Flow:
         self._admission = admission
         self._stats = stats
         self._on_close = on_close
+        self._query_log = query_log  # None: no records are built at all
         self._in_flight: dict[int, object] = {}  # key -> the resolution's cancel handle
         self._keys = itertools.count()
         self._idle: asyncio.Future | None = None  # set when the last query in flight is answered
@@ -135,17 +137,18 @@ class Flow:
             return
         if not self._admission.admit():
             stats.refused_overload += 1
-            self._send(wire.make_error(data, REFUSED, ede=(EDE_NOT_READY, "overloaded")), endpoint, query)
+            self._send(wire.make_error(data, REFUSED, ede=(EDE_NOT_READY, "overloaded")), endpoint, query,
+                       "refused")
             return
         deadline = asyncio.get_running_loop().time() + self._timeout
         key = next(self._keys)
         self._in_flight[key] = None
         try:
-            handle = self._resolve(data, query, deadline,
-                                   lambda answer, error: self._resolved(key, data, query, endpoint, answer, error))
+            handle = self._resolve(data, query, deadline, lambda answer, error: self._resolved(
+                key, data, query, endpoint, deadline, answer, error))
         except Exception as e:  # a bug must cost this query a SERVFAIL, not the flow or the engine
             log.exception("%s: resolving failed", self.name)
-            self._resolved(key, data, query, endpoint, None, e)
+            self._resolved(key, data, query, endpoint, deadline, None, e)
             return
         if key in self._in_flight:  # not answered at once
             self._in_flight[key] = handle
@@ -157,29 +160,35 @@ class Flow:
             self._stats.dropped_unreadable += 1
             return
         self._stats.formerr += rcode == FORMERR
-        self._send(answer, endpoint, None)
+        self._send(answer, endpoint, None, "formerr")
 
-    def _resolved(self, key: int, data: bytes, query: wire.Query, endpoint, answer: bytes | None,
-                  error: BaseException | None) -> None:
+    def _resolved(self, key: int, data: bytes, query: wire.Query, endpoint, deadline: float,
+                  answer: bytes | None, error: BaseException | None) -> None:
         try:
-            self._in_flight.pop(key)
+            handle = self._in_flight.pop(key)
         except KeyError:
             return  # the flow closed first: nothing is delivered
         self._admission.release()
+        outcome = "answered"
         if error is not None:
+            outcome = "servfail"
             self._stats.servfail += 1
             if isinstance(error, UpstreamError):
                 answer = wire.make_error(data, SERVFAIL, ede=(error.ede, error.detail[:200]))
             else:
                 log.error("%s: resolving failed: %r", self.name, error)
                 answer = wire.make_error(data, SERVFAIL, ede=(EDE_OTHER, f"internal error: {type(error).__name__}"))
-        self._send(answer, endpoint, query)
+        if self._query_log is None:
+            self._send(answer, endpoint, query)
+        else:
+            self._send(answer, endpoint, query, outcome, deadline - self._timeout, getattr(handle, "upstream", None))
         if not self._in_flight and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
     # ------------------------------------------------------------ output
 
-    def _send(self, answer: bytes, endpoint, query: wire.Query | None) -> None:
+    def _send(self, answer: bytes, endpoint, query: wire.Query | None, outcome: str = "answered",
+              started: float | None = None, upstream: str | None = None) -> None:
         if self.closed:
             return
         if self.kind == "udp":
@@ -188,6 +197,7 @@ class Flow:
                 if len(answer) > limit:
                     answer = wire.truncate(answer, limit)
                     self._stats.truncated += 1
+                    outcome = "truncated"
             message = answer
         else:
             message = len(answer).to_bytes(2, "big") + answer
@@ -201,6 +211,17 @@ class Flow:
             self._stats.write_failures += 1
             log.debug("%s: delivery failed (%s): closing the flow", self.name, e)
             self.close()
+            return
+        if self._query_log is not None:
+            self._record(answer, query, outcome, started, upstream)
+
+    def _record(self, answer: bytes, query: wire.Query | None, outcome: str, started: float | None,
+                upstream: str | None) -> None:
+        latency = 0.0 if started is None else max(0.0, asyncio.get_running_loop().time() - started)
+        self._query_log(QueryRecord(
+            qname=None if query is None else query.qname, qtype=None if query is None else query.qtype,
+            rcode=answer[3] & 0x0F, answers=(answer[6] << 8) | answer[7], outcome=outcome, latency=latency,
+            upstream=upstream, transport=self.kind, metadata=self.metadata))
 
     # ------------------------------------------------------------ closing
 

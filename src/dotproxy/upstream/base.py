@@ -152,6 +152,13 @@ class Upstream:
     async def aclose(self) -> None:
         raise NotImplementedError
 
+    def quiesce(self) -> None:
+        """The machine is about to sleep: let go of idle connections while the path still works."""
+
+    def network_changed(self) -> None:
+        """The machine woke or its network path changed: what is open may be dead. Dials nothing;
+        the next query opens what it needs."""
+
     async def __aenter__(self):
         return self
 

@@ -189,6 +189,24 @@ class PooledConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def suspect(self, now: float) -> None:
+        """The path may have gone (a wake, a network change): an idle connection is dropped
+        without a word to a server that may be unreachable; a busy one takes no new queries and
+        must show a sign of life within the liveness bound, or its queries move once."""
+        if self._close_started:
+            return
+        if not self.waiters:
+            self.ready = False
+            self.pool._closing_started(self)
+            self.abort()
+            return
+        self.retire()
+        if self._liveness_handle is None:
+            self._liveness_armed_at = now
+            self._liveness_handle = self.loop.call_at(now + self.pool.liveness_bound(), self._liveness_check)
+            self.probe(now)
+            self.schedule_flush()
+
     # ------------------------------------------------------------ timers and writes
 
     def last_heard(self) -> float:
@@ -402,6 +420,20 @@ class PooledUpstream(Upstream):
     @property
     def connections(self) -> int:
         return len(self._conns)
+
+    def quiesce(self) -> None:
+        for conn in list(self._conns):
+            if not conn.waiters:
+                conn.close()
+
+    def network_changed(self) -> None:
+        # Dial failures on the old path say nothing about the new one.
+        self._backoff.succeeded()
+        if self.loop is None:
+            return  # never used: nothing open
+        now = self.loop.time()
+        for conn in list(self._conns):
+            conn.suspect(now)
 
     # ------------------------------------------------------------ choosing and dialling
 

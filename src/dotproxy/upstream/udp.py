@@ -38,7 +38,7 @@ class _Datagrams(asyncio.DatagramProtocol):
     def connection_lost(self, exc) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
-        self.upstream._lost()
+        self.upstream._lost(self)
 
 
 class UdpUpstream(Upstream):
@@ -46,6 +46,7 @@ class UdpUpstream(Upstream):
         super().__init__(url, options)
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol: _Datagrams | None = None
+        self._retired: set[_Datagrams] = set()  # closed after a network change, not yet gone
         self._open_lock = asyncio.Lock()
         self._recent: dict[int, None] = {}  # insertion-ordered: oldest first
         # wire ID -> (future, client ID, (qname_wire, qtype, qclass))
@@ -146,8 +147,24 @@ class UdpUpstream(Upstream):
         if len(self._recent) > self.RECENT_IDS:
             del self._recent[next(iter(self._recent))]
 
-    def _lost(self) -> None:
-        self._transport = None
+    def _lost(self, protocol: _Datagrams) -> None:
+        if protocol is self._protocol:  # not an older socket, closed after a network change
+            self._transport = None
+
+    def quiesce(self) -> None:
+        self._tcp.quiesce()
+
+    def network_changed(self) -> None:
+        # The socket's source address belongs to the old path: an idle one is reopened on the
+        # next query; a busy one keeps serving its queries (their resends reach the new path
+        # once the kernel re-routes, or they fail over within their deadlines).
+        if self._transport is not None and not self._pending:
+            protocol = self._protocol
+            self._retired.add(protocol)
+            protocol.closed.add_done_callback(lambda _: self._retired.discard(protocol))
+            self._transport.close()
+            self._transport = self._protocol = None
+        self._tcp.network_changed()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -158,7 +175,10 @@ class UdpUpstream(Upstream):
             if not fut.done():
                 fut.set_exception(ConnectionFailed("upstream closed", upstream=self.name))
                 fut.exception()
+        closing = [p.closed for p in self._retired]
         if self._transport is not None:
             self._transport.close()
-            await asyncio.wait([self._protocol.closed], timeout=1.0)
+            closing.append(self._protocol.closed)
+        if closing:
+            await asyncio.wait(closing, timeout=1.0)
         await self._tcp.aclose()
