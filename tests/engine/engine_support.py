@@ -145,6 +145,7 @@ async def engine_env(*, faults=None, answer=None, listen: bool = True, scheme: s
         engine = Engine(EngineConfig(upstreams=urls, ca_file=up.ca_file, **config))
         ok = False
         try:
+            await engine.start()
             address = await engine.listen("127.0.0.1", 0) if listen else None
             yield Env(up, engine, address)
             ok = True

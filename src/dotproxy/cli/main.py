@@ -123,6 +123,7 @@ async def serve(config: EngineConfig, listen: tuple[str, int], grace: float) -> 
         loop.add_signal_handler(sig, stop.set)
     engine = Engine(config)
     try:
+        await engine.start()
         host, port = await engine.listen(*listen)
         if not ipaddress.ip_address(host).is_loopback:
             log.warning("listening on %s, which is not loopback: anyone who reaches it can use this resolver", host)
