@@ -249,6 +249,9 @@ class EngineThread:
         self.config = EngineConfig(upstreams=tuple(upstreams), ca_file=ca_file, **options)
         self._lifecycle = threading.Lock()  # start() and stop() one at a time
         self._run: _Running | None = None
+        # Engine threads of this object until joined: stop() clears _run before its thread is gone,
+        # and a stop() or start() from on_response meanwhile must still know where it runs.
+        self._threads: set[threading.Thread] = set()
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------ lifetime
@@ -260,15 +263,17 @@ class EngineThread:
     def start(self) -> None:
         """Start the engine and return when it is ready; a no-op while it runs."""
         if self._on_engine_thread():
-            return  # running, necessarily
+            return  # running, or stopping: either way not startable from inside the engine
         with self._lifecycle:
             if self._run is not None:
                 return
             run = _Running(self.config, use_uvloop=self._use_uvloop, query_log=self._query_log)
+            self._threads.add(run.thread)
             run.thread.start()
             run.ready.wait()
             if run.error is not None:
                 run.thread.join()
+                self._threads.discard(run.thread)
                 raise run.error
             self._run = run
             log.info("engine started: forwarding to %s", ", ".join(self.config.upstreams))
@@ -290,6 +295,7 @@ class EngineThread:
             if run.thread.is_alive():
                 log.warning("the engine thread is still finishing %.1fs after stop(); waiting for it", timeout + 1.0)
                 run.thread.join()
+            self._threads.discard(run.thread)
             log.info("engine stopped")
 
     def __enter__(self) -> EngineThread:
@@ -300,8 +306,7 @@ class EngineThread:
         self.stop()
 
     def _on_engine_thread(self) -> bool:
-        run = self._run
-        return run is not None and threading.current_thread() is run.thread
+        return threading.current_thread() in self._threads
 
     # ------------------------------------------------------------ flows
 

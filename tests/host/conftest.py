@@ -8,13 +8,20 @@ whatever a failing test left running, so that one failure does not leak threads 
 next test. ``use_uvloop``: ``True``/``False``, for the tests cheap enough to run under both loops.
 ``dotproxy_logs``: every record of the ``dotproxy`` and ``asyncio`` loggers, from any thread;
 a test fails if one is at ERROR or above (an exception in a loop callback, a bug logged).
+
+Every test is bounded: the tests bound their own waits, and a watchdog (SIGALRM) fails a
+test still running after ``WATCHDOG`` seconds, with every thread's stack (a ``stop()`` or
+``close()`` that never returns would otherwise hang the suite).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import signal
 import sys
+import tempfile
 import threading
 
 import pytest
@@ -24,6 +31,30 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)  # the suite's own support module
 
 from host_support import UpstreamThread, warm_up_loops  # noqa: E402
+
+
+WATCHDOG = 120.0
+
+
+@pytest.fixture(autouse=True)
+def _watchdog():
+    """Fail a test still running after WATCHDOG seconds, with every thread's stack (SIGALRM interrupts
+    the main thread's blocking calls; the threads it waited for stay behind, as daemons)."""
+
+    def hung(signum, frame):
+        with tempfile.TemporaryFile("w+") as f:
+            faulthandler.dump_traceback(file=f, all_threads=True)
+            f.seek(0)
+            stacks = f.read()
+        pytest.fail(f"still running after {WATCHDOG:.0f}s (the watchdog); every thread's stack:\n{stacks}")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, WATCHDOG)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +74,8 @@ def upstream(_upstream_thread):
     yield up
     up.close_all_connections()  # blackholed ones included: they would stay open for the session
     errors = up.call(lambda: (up.up.stats.internal_errors, up.up.last_answer_error))
-    loop_errors, up.loop_errors[:] = list(up.loop_errors), []
+    loop_errors = list(up.loop_errors)
+    up.loop_errors.clear()
     up.reset()
     assert errors[0] == 0, f"the test upstream had internal errors: {errors}"
     assert loop_errors == [], f"the test upstream's loop reported exceptions: {loop_errors}"

@@ -36,11 +36,12 @@ from leaks import fds, server_fds
 
 
 def wait_until(predicate, timeout: float = 3.0, what: str = "condition", interval: float = 0.002) -> float:
-    """Poll ``predicate`` (on this thread) until true; return the time it took; fail after ``timeout``."""
+    """Poll ``predicate`` (on this thread) until true; return the time it took; fail after ``timeout``
+    (``what`` says what was awaited; a callable is asked at the failure, for the state then)."""
     start = time.monotonic()
     while not predicate():
         if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not true after {timeout}s")
+            raise AssertionError(f"{what() if callable(what) else what}: not true after {timeout}s")
         time.sleep(interval)
     return time.monotonic() - start
 
@@ -299,6 +300,9 @@ class Baseline:
         self.threads = set(threading.enumerate())
         self.os_threads = os_threads()
         self.fds = fds()
+        # Kept, not copied by id: tasks and loops alive before (a previous test's hung engine) are not ours.
+        self.tasks = pending_tasks(upstream.loop)
+        self.loops = open_loops(upstream.loop)
         self._ports = {int(url.rsplit(":", 1)[1].split("/")[0].split("#")[0])
                        for url in (upstream.dot_url, upstream.doh_url, upstream.tcp_url)}
 
@@ -339,10 +343,10 @@ class Baseline:
         if leaked:
             out["fds"] = leaked
         if deep:
-            tasks = pending_tasks(self.upstream.loop)
+            tasks = [t for t in pending_tasks(self.upstream.loop) if not any(t is b for b in self.tasks)]
             if tasks:
                 out["tasks"] = [repr(t) for t in tasks[:10]]
-            loops = open_loops(self.upstream.loop)
+            loops = [lp for lp in open_loops(self.upstream.loop) if not any(lp is b for b in self.loops)]
             if loops:
                 out["loops"] = [repr(loop) for loop in loops]
         return out

@@ -18,6 +18,8 @@ threads. Checked here, each under uvloop and plain asyncio where it costs little
 * ``stop()`` from inside ``on_response`` is a ``RuntimeError`` (it would wait for itself);
 * after ``stop()`` (or before ``start()``): ``open_flow`` gives a closed handle, ``send`` and
   ``close`` are no-ops, ``sleep``/``wake``/``network_changed`` return at once;
+* the engine keeps no host object (callback, metadata) alive once its flow is closed,
+  and ``stop(reason)`` logs the reason;
 * ``query_log``: one record per answered query, on the engine's thread, carrying the
   flow's metadata, the question, the rcode and the upstream;
 * ``stats()``: the flow counters, open flows, queries in flight, and each upstream's counters.
@@ -26,8 +28,11 @@ threads. Checked here, each under uvloop and plain asyncio where it costs little
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import threading
 import time
+import weakref
 
 import pytest
 from host_support import (
@@ -419,6 +424,50 @@ def test_stop_from_inside_on_response_while_the_host_is_stopping_too_is_an_error
         f"the host's stop() has not returned after 6 s (on_response's own stop() call: {raised or 'still blocked'})")
     assert len(raised) == 1 and isinstance(raised[0], RuntimeError), raised
     assert not et.running
+
+
+def test_the_engine_keeps_no_host_object_alive_once_a_flow_is_closed(upstream, engines, use_uvloop):
+    et = engines(use_uvloop=use_uvloop)
+    et.start()
+
+    class Host:
+        """What a host hands over: a callback bound to its own flow object, and metadata."""
+
+        def __init__(self) -> None:
+            self.got = threading.Event()
+
+        def on_response(self, data, endpoint=None) -> None:
+            self.got.set()
+
+    class App:
+        pass
+
+    refs = []
+    for kind in ("udp", "tcp"):
+        host, app = Host(), App()
+        handle = et.open_flow(kind, host.on_response, metadata=app)
+        q = make_query(f"{kind}.weak.example", id=1)
+        if kind == "udp":
+            handle.send(q, None)
+        else:
+            handle.send(frame(q))
+        assert host.got.wait(5.0)
+        handle.close()
+        refs += [weakref.ref(host), weakref.ref(app)]
+        del host, app, handle
+    wait_until(lambda: et.stats()["flows"] == 0, what="the closed flows forgotten")
+    gc.collect()
+    alive = [r() for r in refs if r() is not None]
+    assert not alive, f"kept alive by the running engine after close(): {alive}"
+    et.stop()
+
+
+def test_stop_logs_its_reason(upstream, engines, dotproxy_logs):
+    et = engines()
+    et.start()
+    et.stop(reason=3)  # NEProviderStopReason.userInitiated, say
+    lines = [r.getMessage() for r in dotproxy_logs.at_least(logging.INFO, "dotproxy")]
+    assert any("3" in line and "stop" in line.lower() for line in lines), lines
 
 
 # --------------------------------------------------------------------------- stopped and not started

@@ -11,13 +11,17 @@ next query dials one fresh connection, resuming its TLS session.
   wake or a network change with a silent idle connection: the events alone dial nothing,
   the first query after them is answered NOERROR with at most one retry, on one fresh
   connection that resumed its TLS session, and nothing is logged at WARNING or above.
-  (``TestUpstream.close_all_connections()`` is the server dropping its connections;
-  ``blackhole_all_connections()`` a NAT mapping dropped while asleep.)
+  (``TestUpstream.close_all_connections()`` is the server dropping its connections,
+  ``Faults.idle_close`` the server's own idle timeout, ``blackhole_all_connections()`` a NAT
+  mapping dropped while asleep.)
 * 100 sleep/wake cycles with a query between (every tenth with the server closing its
   connections while asleep): every query answered NOERROR with at most one retry each,
   connections open never above ``pool_size``, at most one dial per cycle, the server left
   with at most ``pool_size`` connections, no WARNING or ERROR logged, and at most a few
   INFO lines per cycle.
+* ``network_changed()`` while the queries in flight sit on a connection whose path died (the
+  server went silent): the connection fails its liveness check, its queries move once to one
+  fresh connection, all answered NOERROR, nothing logged at WARNING or above.
 * ``network_changed()`` or ``wake()`` in the middle of a burst of 300 queries held by a
   slow upstream, then 100 more: all 400 answered NOERROR, exactly once, and the queries
   after the event went out on a freshly dialled connection.
@@ -58,6 +62,7 @@ def _dials_stay(et, dials: int, seconds: float = 0.3) -> None:
 
 SCENARIOS = {
     # name: (events before the upstream misbehaves, what the upstream does, events after)
+    "server-idle-close-dark-wake": ((), "idle_close", ("wake",)),
     "sleep-server-closes-wake": (("sleep",), "close", ("wake",)),
     "sleep-path-silent-wake": (("sleep",), "blackhole", ("wake",)),
     "dark-wake-path-silent": ((), "blackhole", ("wake",)),
@@ -72,6 +77,8 @@ def test_the_first_query_after_a_wake_is_answered_on_one_fresh_resumed_connectio
     before, server_does, after = SCENARIOS[scenario]
     et = engines(upstreams=[_url(upstream, scheme)], use_uvloop=use_uvloop, upstream_options={"pool_size": 1})
     et.start()
+    if server_does == "idle_close":
+        upstream.set_faults(idle_close=0.2)  # armed when the connection opens
     q = make_query("before.sleep.example", id=1)
     check_answer(ask(et, q), q)
     s = upstream_stats(et)
@@ -82,8 +89,11 @@ def test_the_first_query_after_a_wake_is_answered_on_one_fresh_resumed_connectio
         getattr(et, event)()
     if server_does == "close":
         upstream.close_all_connections()
-    else:
+    elif server_does == "blackhole":
         upstream.blackhole_all_connections()
+    else:
+        wait_until(lambda: upstream.connections() == 0, what="the server closed the idle connection")
+        upstream.set_faults(idle_close=None)
     for event in after:
         started = time.monotonic()
         getattr(et, event)()
@@ -106,6 +116,51 @@ def test_the_first_query_after_a_wake_is_answered_on_one_fresh_resumed_connectio
     assert s1["connections_open"] == 1
     assert took < 3.0, f"the first query after the wake took {took:.2f}s"
     _no_warnings(dotproxy_logs)
+    et.stop()
+
+
+@pytest.mark.parametrize("scheme", ["dot", "doh"])
+def test_a_network_change_with_busy_connections_on_a_dead_path_moves_their_queries_once(upstream, engines,
+                                                                                        dotproxy_logs, scheme):
+    """The path died under queries in flight (the server went silent): after network_changed() the busy
+    connection must show a sign of life within the liveness bound or its queries move, once, to a fresh
+    connection; every one is answered NOERROR well before its deadline."""
+    n, latency = 50, 0.2
+    et = engines(upstreams=[_url(upstream, scheme)], timeout=10.0, upstream_options={"pool_size": 1})
+    et.start()
+    q = make_query("warm.example", id=0)
+    check_answer(ask(et, q), q)  # an RTT measured: the liveness bound is its short end
+    upstream.set_faults(latency=latency)
+    got: dict[int, list[bytes]] = {}
+    lock = threading.Lock()
+
+    def on_response(data, endpoint):
+        with lock:
+            got.setdefault(int.from_bytes(data[:2], "big"), []).append(bytes(data))
+
+    flow = et.open_flow("udp", on_response)
+    queries = {qid: make_query(f"d{qid}.dead-path.example", id=qid) for qid in range(1, n + 1)}
+    before = upstream.queries()
+    for q in queries.values():
+        flow.send(q, None)
+    wait_until(lambda: upstream.queries() - before == n, what="the queries reached the server")
+    upstream.blackhole_all_connections()  # their answers will never come on this connection
+    s0 = upstream_stats(et)
+    started = time.monotonic()
+    et.network_changed()
+    wait_until(lambda: len(got) == n, timeout=6.0, what=f"{n} answers after the path died (got {len(got)})")
+    took = time.monotonic() - started
+    for qid, answers in got.items():
+        assert len(answers) == 1, f"query {qid} answered {len(answers)} times"
+        check_answer(answers[0], queries[qid])
+    s1 = upstream_stats(et)
+    assert s1["liveness_failures"] - s0["liveness_failures"] >= 1, s1
+    assert s1["retries"] - s0["retries"] == n, f"each query moved exactly once: {s0} -> {s1}"
+    assert s1["dials"] - s0["dials"] == 1, f"one fresh connection: {s0} -> {s1}"
+    assert s1["timeouts"] == 0 and s1["failures"] == 0, s1
+    assert took < 4.0, f"the moved queries took {took:.2f}s"
+    _no_warnings(dotproxy_logs)
+    flow.close()
     et.stop()
 
 
