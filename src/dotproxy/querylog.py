@@ -59,3 +59,17 @@ def log_to(logger: logging.Logger, level: int = logging.INFO) -> QuerySubscriber
                        r.qname, r.qtype, r.rcode, r.answers, r.latency * 1000, r.upstream, r.outcome, r.metadata)
 
     return write
+
+
+def fan_out(subscribers: list[QuerySubscriber]) -> QuerySubscriber | None:
+    """One subscriber calling each of ``subscribers`` (None for none: records are then never built)."""
+    if not subscribers:
+        return None
+    if len(subscribers) == 1:
+        return subscribers[0]
+
+    def each(record: QueryRecord) -> None:
+        for subscriber in subscribers:
+            subscriber(record)
+
+    return each

@@ -48,7 +48,25 @@ def test_serve_answers_dig_logs_its_addresses_and_exits_0_on_a_signal(upstream, 
         assert rc == 0, (rc, serve.log)
         assert elapsed < 3.0, elapsed  # nothing in flight: it does not sit out the whole grace
         assert "Traceback" not in serve.log, serve.log
-        assert re.search(r"served 2 queries: 2 answered", serve.log), serve.log
+        assert re.search(r"served 2 queries in [\d.]+s \([\d.]+ q/s\): 2 answered", serve.log), serve.log
+
+
+def test_progress_lines_and_the_query_log(upstream):
+    port = free_port()
+    with Serve("--listen", f"127.0.0.1:{port}", "--upstream", upstream["dot_url"], "--ca-file", upstream["ca_file"],
+               "--progress", "0.3", "--log-queries") as serve:
+        serve.wait_for_log(LISTENING)
+        for i in range(3):
+            assert dig(port, "+short", f"p{i}.example.com", "A").stdout.split() == ["192.0.2.1"], serve.log
+        m = serve.wait_for_log(r"(\d+) q/s: (\d+) queries, (\d+) answered, 0 SERVFAIL, 0 in flight, "
+                               r"latency p50 [\d.]+ ms p99 [\d.]+ ms")
+        assert int(m.group(2)) >= 1, serve.log
+        assert re.search(r"udp p2\.example\.com 1 rcode=0 answers=1 [\d.]+ms upstream=\S+ answered", serve.log), \
+            serve.log
+        serve.wait_for_log(r"0 q/s: 0 queries")  # an idle interval says so
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(timeout=10) == 0, serve.log
+        assert re.search(r"served 3 queries in", serve.log), serve.log
 
 
 def test_serve_with_a_doh_upstream_and_two_upstreams(upstream):

@@ -26,7 +26,9 @@ from dataclasses import fields
 
 from dotproxy.engine import DEFAULT_UPSTREAMS, Engine, EngineConfig
 from dotproxy.errors import ConfigError
+from dotproxy import querylog
 from dotproxy.io.loop import loop_factory, loop_name
+from dotproxy.querylog import QueryRecord
 
 log = logging.getLogger("dotproxy")
 
@@ -87,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (flags override it)")
     serve.add_argument("--timeout", type=float, help="seconds each query may take (default 4)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-queries", action="store_true", help="log one line per query (qname, rcode, latency)")
+    serve.add_argument("--progress", type=float, default=0.0, metavar="SECONDS",
+                       help="print queries/s, outcomes and latency percentiles every SECONDS (default: off)")
     return parser
 
 
@@ -116,12 +121,59 @@ def engine_config(args: argparse.Namespace) -> tuple[EngineConfig, tuple[str, in
     return config, listen, grace
 
 
-async def serve(config: EngineConfig, listen: tuple[str, int], grace: float) -> int:
+class Progress:
+    """Every ``interval`` seconds, one line: queries/s, outcomes, in flight, latency percentiles."""
+
+    def __init__(self, interval: float) -> None:
+        self.engine: Engine | None = None
+        self.interval = interval
+        self.latencies: list[float] = []
+        self._last = (0, 0, 0)
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._since = self._loop.time()
+
+    def record(self, r: QueryRecord) -> None:
+        self.latencies.append(r.latency)
+
+    def start(self, engine: Engine) -> None:
+        self.engine = engine
+        self._since = self._loop.time()
+        self._timer = self._loop.call_later(self.interval, self.report)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def report(self) -> None:
+        now = self._loop.time()
+        s = self.engine.stats
+        queries, answered, servfail = s.queries - self._last[0], s.answered - self._last[1], s.servfail - self._last[2]
+        self._last = (s.queries, s.answered, s.servfail)
+        lat = sorted(self.latencies)
+        self.latencies = []
+        pct = "" if not lat else (f", latency p50 {lat[len(lat) // 2] * 1000:.2f} ms"
+                                  f" p99 {lat[min(len(lat) - 1, len(lat) * 99 // 100)] * 1000:.2f} ms")
+        log.info("%.0f q/s: %d queries, %d answered, %d SERVFAIL, %d in flight%s", queries / (now - self._since),
+                 queries, answered, servfail, self.engine.in_flight, pct)
+        self._since = now
+        self._timer = self._loop.call_later(self.interval, self.report)
+
+
+async def serve(config: EngineConfig, listen: tuple[str, int], grace: float, *, log_queries: bool = False,
+                progress: float = 0.0) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    engine = Engine(config)
+    ticker = Progress(progress) if progress > 0 else None
+    subscribers = [querylog.log_to(logging.getLogger("dotproxy.queries"))] if log_queries else []
+    if ticker is not None:
+        subscribers.append(ticker.record)
+    engine = Engine(config, query_log=querylog.fan_out(subscribers))
+    started = loop.time()
+    if ticker is not None:
+        ticker.start(engine)
     try:
         await engine.start()
         host, port = await engine.listen(*listen)
@@ -132,10 +184,14 @@ async def serve(config: EngineConfig, listen: tuple[str, int], grace: float) -> 
         await stop.wait()
         log.info("shutting down: in-flight queries get %.1fs", grace)
     finally:
+        if ticker is not None:
+            ticker.stop()
         await engine.stop(grace=grace)
         s = engine.stats
-        log.info("served %d queries: %d answered, %d SERVFAIL, %d FORMERR, %d refused (overload)",
-                 s.queries, s.answered, s.servfail, s.formerr, s.refused_overload)
+        elapsed = loop.time() - started
+        log.info("served %d queries in %.1fs (%.0f q/s): %d answered, %d SERVFAIL, %d FORMERR, %d refused (overload)",
+                 s.queries, elapsed, s.queries / elapsed if elapsed > 0 else 0.0, s.answered, s.servfail, s.formerr,
+                 s.refused_overload)
     return 0
 
 
@@ -146,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, listen, grace = engine_config(args)
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            return runner.run(serve(config, listen, grace))
+            return runner.run(serve(config, listen, grace, log_queries=args.log_queries, progress=args.progress))
     except ConfigError as e:
         print(f"dotproxy: config error: {e}", file=sys.stderr)
         return 2
