@@ -234,14 +234,15 @@ class Engine:
 
     # ------------------------------------------------------------ sleep, wake, network changes
 
-    def sleep(self) -> None:
-        """The machine is about to sleep: idle upstream connections are closed politely now."""
+    def sleep(self) -> list[asyncio.Future]:
+        """The machine is about to sleep: idle upstream connections are closed politely now.
+
+        Returns futures done when they are closed (bounded by the pool's close grace)."""
         if self._stopped:
-            return
+            return []
         self.lifecycle.sleeps += 1
         log.debug("going to sleep")
-        for up in self.upstreams:
-            up.quiesce()
+        return [closed for up in self.upstreams for closed in up.quiesce()]
 
     def wake(self) -> None:
         """The machine woke: every open upstream connection is suspect. Nothing is dialled."""
@@ -269,14 +270,16 @@ class Engine:
         self._suspend_timer = None
         if self._stopped:
             return
-        slept = self._suspend_watch.observe(self._suspended_clock())
-        if slept:
-            self.lifecycle.suspensions += 1
-            self.lifecycle.suspended_seconds += slept
-            log.info("the machine was suspended for %.1fs: upstream connections are suspect", slept)
-            self._suspect_all()
-        self._suspend_timer = asyncio.get_running_loop().call_later(self.config.suspend_check,
-                                                                    self._check_suspension)
+        try:
+            slept = self._suspend_watch.observe(self._suspended_clock())
+            if slept:
+                self.lifecycle.suspensions += 1
+                self.lifecycle.suspended_seconds += slept
+                log.info("the machine was suspended for %.1fs: upstream connections are suspect", slept)
+                self._suspect_all()
+        finally:  # a failure above must not end the watch
+            self._suspend_timer = asyncio.get_running_loop().call_later(self.config.suspend_check,
+                                                                        self._check_suspension)
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop listening, give in-flight queries ``grace`` seconds, then close everything.

@@ -38,6 +38,7 @@ from dataclasses import asdict, fields
 
 from dotproxy.engine import Engine, EngineConfig
 from dotproxy.errors import ConfigError
+from dotproxy.flows.flow import FlowGone
 from dotproxy.io.loop import loop_factory
 from dotproxy.querylog import QuerySubscriber
 
@@ -68,8 +69,9 @@ class FlowHandle:
 
     def send(self, data: bytes, endpoint=None) -> None:
         """A datagram (UDP, with the endpoint it came from) or stream bytes in any chunking (TCP)."""
-        if not self._closed:
-            self._run.post(_SEND, self, bytes(data), endpoint)
+        run = self._run
+        if not self._closed and run is not None:
+            run.post_send(self, bytes(data), endpoint)
 
     def close(self) -> None:
         """From now on ``on_response`` is never called for this flow; its queries are cancelled."""
@@ -78,7 +80,9 @@ class FlowHandle:
                 return
             self._closed = True
             self._on_response = None
-        self._run.post(_CLOSE, self)
+            run = self._run
+        if run is not None:
+            run.post(_CLOSE, self)
 
     # ------------------------------------------------------------ the engine's thread
 
@@ -86,15 +90,19 @@ class FlowHandle:
         with self._lock:
             callback = self._on_response
             if callback is None:
-                return  # closed by the host; its close is on the way to the engine
+                raise FlowGone  # closed by the host, its close still on the way: end the flow now
             callback(*args)  # raising closes the flow (the Flow catches it)
 
     def _flow_closed(self, flow) -> None:
-        # The engine closed it (failed write, stop): make the handle say so too.
+        # The engine closed it (failed write, stop): make the handle say so too, and let go of
+        # the engine, so that a host keeping old handles does not keep a stopped engine alive.
         with self._lock:
             self._closed = True
             self._on_response = None
-        self._run.handles.discard(self)
+            run, self._run = self._run, None
+        self._flow = None
+        if run is not None:
+            run.handles.discard(self)
 
     def __repr__(self) -> str:
         return f"<FlowHandle {self.kind} #{self.id}{' closed' if self._closed else ''}>"
@@ -122,6 +130,10 @@ class _Running:
         self._wakeup_pending = False
         self._stop_event: asyncio.Event | None = None
         self._stop_timeout = 5.0
+        # Sends waiting for the engine's thread, at most: past it a host floods faster than the
+        # engine reads, and memory must not pay for it (UDP: dropped; TCP: that flow is closed).
+        self.max_waiting = config.max_in_flight
+        self.dropped_sends = 0
 
     # ------------------------------------------------------------ any thread
 
@@ -136,6 +148,14 @@ class _Running:
                 # Under the lock: once stop() has closed the door, the loop may close too.
                 self.loop.call_soon_threadsafe(self._drain)
         return True
+
+    def post_send(self, handle: FlowHandle, data: bytes, endpoint) -> None:
+        if len(self._inbox) >= self.max_waiting:
+            self.dropped_sends += 1
+            if handle.kind == "tcp":  # a gap in a stream corrupts every message after it
+                handle.close()
+            return
+        self.post(_SEND, handle, data, endpoint)
 
     def request_stop(self, timeout: float) -> None:
         with self._inbox_lock:
@@ -196,7 +216,8 @@ class _Running:
                 flow.receive(op[2], op[3])
         elif kind == _OPEN:
             handle = op[1]
-            if handle._closed:
+            if handle._closed:  # closed before the engine saw it open
+                handle._flow_closed(None)
                 return
             handle._flow = self.engine.open_flow(handle.kind, handle._deliver, name=f"host {handle.kind} flow "
                                                  f"#{handle.id}", on_close=handle._flow_closed,
@@ -325,9 +346,29 @@ class EngineThread:
 
     # ------------------------------------------------------------ lifecycle events
 
-    def sleep(self) -> None:
-        """The machine is about to sleep (NEProvider.sleep): idle connections are let go."""
-        self._call(lambda engine: engine.sleep())
+    def sleep(self, timeout: float = 2.0) -> None:
+        """The machine is about to sleep (NEProvider.sleep): idle connections are closed politely.
+
+        Returns when they are closed, or after ``timeout`` seconds: call the system's
+        completion handler after this returns."""
+        closed = threading.Event()
+
+        def quiesce(engine: Engine) -> None:
+            pending = [f for f in engine.sleep() if not f.done()]
+            left = [len(pending)]
+
+            def one_closed(_future) -> None:
+                left[0] -= 1
+                if left[0] == 0:
+                    closed.set()
+
+            for future in pending:
+                future.add_done_callback(one_closed)
+            if not pending:
+                closed.set()
+
+        if self._call(quiesce) and not self._on_engine_thread():
+            closed.wait(timeout)
 
     def wake(self) -> None:
         """The machine woke (NEProvider.wake): connections are suspect, redialled when next needed."""
@@ -337,10 +378,9 @@ class EngineThread:
         """The default path changed: connections are suspect, redialled when next needed."""
         self._call(lambda engine: engine.network_changed())
 
-    def _call(self, fn: Callable[[Engine], None]) -> None:
+    def _call(self, fn: Callable[[Engine], None]) -> bool:
         run = self._run
-        if run is not None:
-            run.post(_CALL, lambda: fn(run.engine))
+        return run is not None and run.post(_CALL, lambda: fn(run.engine))
 
     # ------------------------------------------------------------ observing
 
@@ -351,6 +391,6 @@ class EngineThread:
             return {"running": False}
         engine = run.engine
         snapshot = {"running": True, **asdict(engine.stats), "flows": engine.flows,
-                    "in_flight": engine.in_flight, **asdict(engine.lifecycle)}
+                    "in_flight": engine.in_flight, "dropped_sends": run.dropped_sends, **asdict(engine.lifecycle)}
         snapshot["upstreams"] = [{"name": up.name, **up.stats.as_dict()} for up in list(engine.upstreams)]
         return snapshot

@@ -22,7 +22,7 @@ class QueryRecord:
     qtype: int | None
     rcode: int  # of the answer the client got
     answers: int  # ANCOUNT of that answer
-    outcome: str  # "answered", "servfail", "refused", "formerr", "truncated"
+    outcome: str  # "answered", "truncated", "timeout" (SERVFAIL, deadline), "servfail", "refused", "formerr"
     latency: float  # seconds from arrival to the answer leaving
     upstream: str | None  # the upstream that answered (or failed last), None if none was asked
     transport: str  # the flow's kind: "udp" or "tcp"

@@ -18,6 +18,7 @@ import pytest
 from engine_support import check_answer, check_error, engine_env, make_query, now, wait_until
 
 from dotproxy.errors import SERVFAIL
+from dotproxy.flows.flow import FlowGone
 from dotproxy.io.suspend import SuspendWatch, suspended_so_far
 from dotproxy.querylog import QueryRecord, SafeSubscriber
 from dotproxy.testing import Faults
@@ -290,7 +291,7 @@ def test_a_failing_query_log_costs_no_answer(run, caplog):
     assert sum("subscriber failed" in r.getMessage() for r in caplog.records) == 1  # then only counted
 
 
-def test_servfail_outcome_names_the_upstream_that_failed(run):
+def test_timeout_outcome_names_the_upstream_that_failed(run):
     async def main():
         records: list[QueryRecord] = []
         async with engine_env(listen=False, scheme="dot", faults=Faults(stall=True), timeout=0.5) as env:
@@ -301,7 +302,47 @@ def test_servfail_outcome_names_the_upstream_that_failed(run):
             flow.receive(q, None)
             await answers.wait_for(1, timeout=2.0)
             check_error(answers.by_id[1], q, SERVFAIL)
-        assert [(r.outcome, r.upstream) for r in records] == [("servfail", env.engine.upstreams[0].name)]
+        assert [(r.outcome, r.upstream) for r in records] == [("timeout", env.engine.upstreams[0].name)]
         assert records[0].latency == pytest.approx(0.5, abs=0.2)
+
+    run(main)
+
+
+def test_a_failure_inside_submit_still_names_the_upstream(run):
+    """The second query meets the dial backoff: it fails before the flow holds its handle."""
+
+    async def main():
+        records: list[QueryRecord] = []
+        dead = "tls://127.0.0.1:9#dns.test"  # nothing listens on the discard port
+        async with engine_env(listen=False, upstreams=lambda up: (dead,)) as env:
+            env.engine.query_log = records.append
+            answers = Answers()
+            flow = env.engine.open_flow("udp", answers)
+            for i in range(2):
+                flow.receive(make_query(f"n{i}.example", id=i), None)
+                await answers.wait_for(i + 1, timeout=2.0)
+        assert [(r.outcome, r.upstream, r.rcode) for r in records] == [("servfail", dead, SERVFAIL)] * 2
+
+    run(main)
+
+
+def test_a_delivery_refused_as_flow_gone_closes_the_flow_quietly(run):
+    """An embedding host's close() can be on its way while an answer is delivered: the
+    handle refuses it with FlowGone; the flow ends, counted neither answered nor failed."""
+
+    async def main():
+        records: list[QueryRecord] = []
+        async with engine_env(listen=False) as env:
+            env.engine.query_log = records.append
+
+            def gone(data, endpoint):
+                raise FlowGone
+
+            flow = env.engine.open_flow("udp", gone)
+            flow.receive(make_query("n1.example", id=1), None)
+            await wait_until(lambda: flow.closed, timeout=2.0)
+            stats = env.engine.stats
+            assert (stats.answered, stats.write_failures, stats.flows_closed) == (0, 0, 1)
+        assert records == []
 
     run(main)

@@ -583,3 +583,50 @@ def test_stats_snapshot_has_the_flow_counters_and_each_upstreams(upstream, engin
     assert second["answers"] == 0 and second["dials"] == 0, "the second upstream was asked though the first answered"
     assert upstream_stats(et, 0)["connections_open"] == 1
     et.stop()
+
+
+# --------------------------------------------------------------------------- after the review
+
+
+def test_sleep_returns_when_idle_connections_are_closed(upstream, engines, use_uvloop):
+    et = engines(use_uvloop=use_uvloop)
+    et.start()
+    ask(et, make_query("warm.example"))
+    assert upstream_stats(et)["connections_open"] == 1
+    et.sleep()  # what the system's completion handler is called after
+    assert upstream_stats(et)["connections_open"] == 0
+    assert et.stats()["sleeps"] == 1
+    wait_until(lambda: upstream.connections() == 0, what="the server saw the close")
+
+
+def test_a_closed_handle_lets_go_of_the_engine(upstream, engines):
+    et = engines()
+    et.start()
+    handle = et.open_flow("udp", lambda data, endpoint: None)
+    handle.close()
+    wait_until(lambda: et.stats()["flows"] == 0, what="the engine closed the flow")
+    et.stop()
+    assert handle._run is None and handle._flow is None
+
+
+def test_a_host_flooding_sends_faster_than_the_engine_reads_is_bounded(upstream, engines):
+    et = engines(max_in_flight=50)  # also the bound on sends waiting for the engine's thread
+    et.start()
+    got = []
+    block = threading.Event()
+
+    def slow(data, endpoint):  # holds the engine's thread: sends pile up meanwhile
+        got.append(data)
+        block.wait(5)
+
+    udp = et.open_flow("udp", slow)
+    tcp = et.open_flow("tcp", lambda data: None)
+    udp.send(make_query("first.example"), ("192.0.2.1", 53))
+    wait_until(lambda: got, what="the engine thread is held")
+    for i in range(500):
+        udp.send(make_query(f"f{i}.example"), ("192.0.2.1", 53))
+    tcp.send(frame(make_query("t.example")))
+    block.set()
+    stats = et.stats()
+    assert stats["dropped_sends"] >= 450
+    assert tcp.closed  # a stream with a gap is no stream: that flow ends

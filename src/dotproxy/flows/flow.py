@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dotproxy import wire
-from dotproxy.errors import FORMERR, REFUSED, SERVFAIL, UpstreamError, WireError
+from dotproxy.errors import FORMERR, REFUSED, SERVFAIL, UpstreamError, UpstreamTimeout, WireError
 from dotproxy.querylog import QueryRecord
 
 log = logging.getLogger("dotproxy.flows")
@@ -38,6 +38,11 @@ _MAX_TCP_MESSAGE = 0xFFFF
 #: above what survives the path without fragments (DNS flag day 2020).
 _UDP_PLAIN = 512
 _UDP_EDNS_CAP = 1232
+
+
+class FlowGone(Exception):
+    """What a deliver callback raises when its consumer has already closed the flow
+    (an embedding host's close() on its way to the engine): the flow closes quietly."""
 
 
 @dataclass(slots=True)
@@ -171,7 +176,7 @@ class Flow:
         self._admission.release()
         outcome = "answered"
         if error is not None:
-            outcome = "servfail"
+            outcome = "timeout" if isinstance(error, UpstreamTimeout) else "servfail"
             self._stats.servfail += 1
             if isinstance(error, UpstreamError):
                 answer = wire.make_error(data, SERVFAIL, ede=(error.ede, error.detail[:200]))
@@ -181,7 +186,9 @@ class Flow:
         if self._query_log is None:
             self._send(answer, endpoint, query)
         else:
-            self._send(answer, endpoint, query, outcome, deadline - self._timeout, getattr(handle, "upstream", None))
+            # A failure inside submit() comes before the flow holds the handle: the error names the upstream.
+            upstream = getattr(handle, "upstream", None) or getattr(error, "upstream", None)
+            self._send(answer, endpoint, query, outcome, deadline - self._timeout, upstream)
         if not self._in_flight and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
@@ -201,26 +208,33 @@ class Flow:
             message = answer
         else:
             message = len(answer).to_bytes(2, "big") + answer
-        self._stats.answered += 1
         try:
             if self.kind == "udp":
                 self._deliver(message, endpoint)
             else:
                 self._deliver(message)
+        except FlowGone:
+            self.close()
+            return
         except Exception as e:  # the client is gone ("flow is not connected"): this flow ends, nothing else
             self._stats.write_failures += 1
             log.debug("%s: delivery failed (%s): closing the flow", self.name, e)
             self.close()
             return
+        self._stats.answered += 1
         if self._query_log is not None:
             self._record(answer, query, outcome, started, upstream)
 
     def _record(self, answer: bytes, query: wire.Query | None, outcome: str, started: float | None,
                 upstream: str | None) -> None:
         latency = 0.0 if started is None else max(0.0, asyncio.get_running_loop().time() - started)
+        try:
+            rcode = wire.scan_response(answer).rcode  # extended by the OPT record's upper bits
+        except WireError:  # an error answer to an unreadable query: the header says enough
+            rcode = answer[3] & 0x0F
         self._query_log(QueryRecord(
             qname=None if query is None else query.qname, qtype=None if query is None else query.qtype,
-            rcode=answer[3] & 0x0F, answers=(answer[6] << 8) | answer[7], outcome=outcome, latency=latency,
+            rcode=rcode, answers=(answer[6] << 8) | answer[7], outcome=outcome, latency=latency,
             upstream=upstream, transport=self.kind, metadata=self.metadata))
 
     # ------------------------------------------------------------ closing

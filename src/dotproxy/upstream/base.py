@@ -152,8 +152,11 @@ class Upstream:
     async def aclose(self) -> None:
         raise NotImplementedError
 
-    def quiesce(self) -> None:
-        """The machine is about to sleep: let go of idle connections while the path still works."""
+    def quiesce(self) -> list[asyncio.Future]:
+        """The machine is about to sleep: let go of idle connections while the path still works.
+
+        Returns futures done when those connections are closed."""
+        return []
 
     def network_changed(self) -> None:
         """The machine woke or its network path changed: what is open may be dead. Dials nothing;

@@ -200,12 +200,15 @@ class PooledConnection(asyncio.Protocol):
             self.pool._closing_started(self)
             self.abort()
             return
-        self.retire()
-        if self._liveness_handle is None:
-            self._liveness_armed_at = now
-            self._liveness_handle = self.loop.call_at(now + self.pool.liveness_bound(), self._liveness_check)
-            self.probe(now)
-            self.schedule_flush()
+        if not self.draining:
+            self.retire()
+        # Whatever it said before the change proves nothing about the path now: check afresh.
+        if self._liveness_handle is not None:
+            self._liveness_handle.cancel()
+        self._liveness_armed_at = now
+        self._liveness_handle = self.loop.call_at(now + self.pool.liveness_bound(), self._liveness_check)
+        self.probe(now)
+        self.schedule_flush()
 
     # ------------------------------------------------------------ timers and writes
 
@@ -367,6 +370,7 @@ class PooledUpstream(Upstream):
         self._conns: list[PooledConnection] = []
         self._closing: set[PooledConnection] = set()  # left the pool, transport not yet gone
         self._dialing = False
+        self._dial_task: asyncio.Task | None = None
         self._queue: dict[Ticket, None] = {}  # waiting for a connection with room, oldest first
         self._backoff = Backoff(options.backoff_min, options.backoff_max)
         self._tasks = TaskOwner(f"upstream {self.name}")
@@ -421,19 +425,26 @@ class PooledUpstream(Upstream):
     def connections(self) -> int:
         return len(self._conns)
 
-    def quiesce(self) -> None:
-        for conn in list(self._conns):
-            if not conn.waiters:
-                conn.close()
+    def quiesce(self) -> list[asyncio.Future]:
+        idle = [conn for conn in self._conns if not conn.waiters]
+        for conn in idle:
+            conn.close()
+        return [conn.closed for conn in idle]
 
     def network_changed(self) -> None:
-        # Dial failures on the old path say nothing about the new one.
+        # Dial failures on the old path say nothing about the new one, and a dial under way
+        # may be stuck on it: cancel it, so that queued queries dial afresh at once.
         self._backoff.succeeded()
+        if self._dial_task is not None and not self._dial_task.done():
+            self._dial_task.cancel()
+            self._dial_task = None
+            self._dialing = False
         if self.loop is None:
             return  # never used: nothing open
         now = self.loop.time()
-        for conn in list(self._conns):
+        for conn in list(self._conns) + [c for c in self._closing if c.draining]:
             conn.suspect(now)
+        self._pump()
 
     # ------------------------------------------------------------ choosing and dialling
 
@@ -545,7 +556,7 @@ class PooledUpstream(Upstream):
 
     def _dial(self) -> None:
         self._dialing = True
-        self._tasks.spawn(self._connect(), name=f"dial {self.name}")
+        self._dial_task = self._tasks.spawn(self._connect(), name=f"dial {self.name}")
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -594,8 +605,10 @@ class PooledUpstream(Upstream):
             self._backoff.failed(loop.time(), e)
             log.warning("%s", e)
         finally:
-            self._dialing = False
-            self._pump()
+            if self._dial_task is asyncio.current_task():  # not a dial cancelled by a network change
+                self._dial_task = None
+                self._dialing = False
+                self._pump()
 
     def check_session(self, transport: asyncio.Transport) -> None:
         """Hook: check the negotiated session (DoH: ALPN must be h2)."""

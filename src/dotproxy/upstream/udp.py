@@ -26,6 +26,17 @@ class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, upstream: UdpUpstream) -> None:
         self.upstream = upstream
         self.closed = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.DatagramTransport | None = None
+        self.users = 0  # queries sending on this socket
+        self.retired = False  # after a network change: closed when its last query is done
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.retired and self.users == 0:
+            self.transport.close()
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.upstream._received(data)
@@ -61,7 +72,8 @@ class UdpUpstream(Upstream):
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(deadline):
-                transport = await self._open()
+                protocol = await self._open()
+                transport = protocol.transport
                 # Unpredictable IDs: on one socket they are the only defence against off-path spoofing.
                 wire_id = secrets.randbits(16)
                 while wire_id in self._pending:
@@ -72,6 +84,7 @@ class UdpUpstream(Upstream):
                 self._pending[wire_id] = (fut, parsed.id, question_of(parsed))
                 out = wire.set_id(data, wire_id)
                 sends = 0
+                protocol.users += 1
                 try:
                     while True:
                         transport.sendto(out)
@@ -83,6 +96,7 @@ class UdpUpstream(Upstream):
                 finally:
                     self._pending.pop(wire_id, None)
                     self._finished(wire_id)
+                    protocol.release()
                 answer = fut.result()
                 if sends == 1:  # Karn: a resent query's answer times neither send
                     self._observe_rtt(loop.time() - sent)
@@ -98,7 +112,7 @@ class UdpUpstream(Upstream):
         except TimeoutError as e:
             raise self._timed_out() from e
 
-    async def _open(self) -> asyncio.DatagramTransport:
+    async def _open(self) -> _Datagrams:
         async with self._open_lock:  # one socket, however many queries arrive at once
             if self._transport is None:
                 try:
@@ -111,7 +125,7 @@ class UdpUpstream(Upstream):
                     transport.close()
                     raise ConnectionFailed("upstream is closed", upstream=self.name)
                 self._transport, self._protocol = transport, protocol
-            return self._transport
+            return self._protocol
 
     def _received(self, data: bytes) -> None:
         try:
@@ -149,21 +163,23 @@ class UdpUpstream(Upstream):
 
     def _lost(self, protocol: _Datagrams) -> None:
         if protocol is self._protocol:  # not an older socket, closed after a network change
-            self._transport = None
+            self._transport = self._protocol = None
 
-    def quiesce(self) -> None:
-        self._tcp.quiesce()
+    def quiesce(self) -> list[asyncio.Future]:
+        return self._tcp.quiesce()
 
     def network_changed(self) -> None:
-        # The socket's source address belongs to the old path: an idle one is reopened on the
-        # next query; a busy one keeps serving its queries (their resends reach the new path
-        # once the kernel re-routes, or they fail over within their deadlines).
-        if self._transport is not None and not self._pending:
-            protocol = self._protocol
+        # The socket's source address belongs to the old path: new queries open a new socket;
+        # the old one serves the queries already on it (answers are matched by ID whichever
+        # socket they arrive on) and closes after the last of them.
+        protocol = self._protocol
+        if protocol is not None:
+            self._transport = self._protocol = None
+            protocol.retired = True
             self._retired.add(protocol)
             protocol.closed.add_done_callback(lambda _: self._retired.discard(protocol))
-            self._transport.close()
-            self._transport = self._protocol = None
+            if protocol.users == 0:
+                protocol.transport.close()
         self._tcp.network_changed()
 
     async def aclose(self) -> None:
@@ -175,6 +191,8 @@ class UdpUpstream(Upstream):
             if not fut.done():
                 fut.set_exception(ConnectionFailed("upstream closed", upstream=self.name))
                 fut.exception()
+        for protocol in list(self._retired):
+            protocol.transport.close()
         closing = [p.closed for p in self._retired]
         if self._transport is not None:
             self._transport.close()
