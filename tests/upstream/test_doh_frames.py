@@ -359,3 +359,22 @@ def test_mutated_server_output_never_raises(data):
     assert all(isinstance(ev, EVENTS) for ev in events)
     broken = [ev for ev in events if type(ev) is ConnectionBroken]
     assert len(broken) <= 1 and (not broken or events[-1] is broken[0])
+
+
+def test_an_error_head_frees_its_stream_for_a_queued_query():
+    c = ready()
+    c.receive_data(h.settings_frame({h.MAX_CONCURRENT_STREAMS: 1}), 0.0)
+    c.data_to_send()
+    a = c.send_query(make_query("a.example"), 0.0)
+    qb = make_query("b.example")
+    b = c.send_query(qb, 0.0)
+    assert [s for t, _, s, _ in parse_frames(c.data_to_send()) if t == h.HEADERS] == [1]
+    (ev,) = c.receive_data(h.frame(h.HEADERS, h.END_HEADERS, 1, response_block(b"500", None)), 1.0)
+    assert type(ev) is QueryFailed and ev.query_id == a and ev.error.status == 500
+    frames = parse_frames(c.data_to_send())  # the server may stream its error page for ever: we stop it
+    assert frames[0] == (h.RST_STREAM, 0, 1, struct.pack(">I", h.ErrorCode.CANCEL))
+    assert [s for t, _, s, _ in frames if t == h.HEADERS] == [3]
+    data = bytearray(h.frame(h.DATA, 0, 1, b"<html>") + h.frame(h.HEADERS, h.END_HEADERS, 3, response_block())
+                     + h.frame(h.DATA, h.END_STREAM, 3, answer_for(qb)))
+    (ev,) = c.receive_data(data, 1.0)  # a bytearray works as well as bytes
+    assert type(ev) is AnswerReceived and ev.query_id == b

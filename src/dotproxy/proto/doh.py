@@ -270,6 +270,8 @@ class DohClient:
         out.append(ConnectionBroken(reason, self.connection_lost()))
 
     def _receive(self, data: bytes, now: float, out: list) -> None:
+        if type(data) is not bytes:  # header blocks are cache keys: hashable bytes only
+            data = bytes(data)
         buf = self._inbuf + data if self._inbuf else data
         n = len(buf)
         pos = 0
@@ -414,6 +416,10 @@ class DohClient:
                 request.status = status
                 request.content_type = content_type
                 self._check_head(request, headers, out)
+            if request.failed and not end_stream:  # nothing more to read here: free the stream's slot
+                self._reset(sid, ErrorCode.CANCEL)
+                self._open_streams()
+                return
         # Otherwise: trailers, or a stream we gave up on.
         if end_stream:
             self._end_stream(sid, now, out)
