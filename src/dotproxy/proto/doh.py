@@ -634,13 +634,13 @@ class DohClient:
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
             info = wire.scan_response(body)
+            if not answers(info, request.question):
+                out.append(QueryFailed(request.query_id, BadResponse("answer is for another question",
+                                                                     upstream=self._upstream)))
+                return
+            data = for_client(body, request.client_id, request.strip_opt)  # walks the records scan skips
         except WireError as e:
             out.append(QueryFailed(request.query_id, BadResponse(f"malformed answer: {e.reason}",
                                                                  upstream=self._upstream)))
             return
-        if not answers(info, request.question):
-            out.append(QueryFailed(request.query_id, BadResponse("answer is for another question",
-                                                                 upstream=self._upstream)))
-            return
-        out.append(AnswerReceived(request.query_id, for_client(body, request.client_id, request.strip_opt),
-                                  now - request.sent_at))
+        out.append(AnswerReceived(request.query_id, data, now - request.sent_at))
