@@ -399,3 +399,13 @@ def test_an_answer_valid_only_with_id_0_is_a_bad_response_not_an_exception():
     (ev,) = c.receive_data(data, 1.0)
     assert type(ev) is QueryFailed and ev.query_id == qid and "malformed answer" in str(ev.error)
     assert c.accepting
+
+
+def test_close_says_goaway_once_and_opens_nothing_after():
+    c = ready()
+    c.close()
+    c.close()
+    assert parse_frames(c.data_to_send()) == [(h.GOAWAY, 0, 0, struct.pack(">II", 0, 0))]
+    assert not c.accepting
+    c.send_query(make_query("late.example"), 0.0)
+    assert c.data_to_send() == b""

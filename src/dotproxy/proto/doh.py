@@ -176,7 +176,7 @@ class DohClient:
 
     @property
     def accepting(self) -> bool:
-        return not self.going_away and not self.broken
+        return not self.going_away and not self.broken and not self._closed
 
     # -------------------------------------------------------------- input from the user
 
