@@ -301,10 +301,12 @@ def test_protocol_errors_break_the_connection(data):
     assert c.receive_data(h.ping_frame(b"12345678"), 2.0) == []  # a broken connection reads nothing more
 
 
-def test_first_frame_must_be_settings():
+@pytest.mark.parametrize("first", [h.ping_frame(b"12345678"), h.frame(h.HEADERS, h.END_HEADERS, 1, b"\x88")],
+                         ids=["PING", "HEADERS"])
+def test_first_frame_must_be_settings(first):
     c = DohClient(authority="dns.test")
     qid = c.send_query(make_query(), 0.0)
-    (ev,) = c.receive_data(h.ping_frame(b"12345678"), 0.0)
+    (ev,) = c.receive_data(first, 0.0)
     assert type(ev) is ConnectionBroken and ev.query_ids == [qid]
 
 

@@ -290,12 +290,12 @@ class DohClient:
                 pos = end
                 if self._continuing and ftype != h.CONTINUATION:
                     raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "header block interrupted by another frame")
+                if not self._settings_seen and ftype != h.SETTINGS:
+                    raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "the server's first frame is not SETTINGS")
                 if ftype == h.DATA:
                     self._on_data(sid, flags, payload, now, out)
                 elif ftype == h.HEADERS:
                     self._on_headers(sid, flags, payload, now, out)
-                elif not self._settings_seen and ftype != h.SETTINGS:
-                    raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "the server's first frame is not SETTINGS")
                 elif ftype == h.WINDOW_UPDATE:
                     self._on_window_update(sid, payload, out)
                 elif ftype == h.SETTINGS:
