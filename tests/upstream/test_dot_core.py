@@ -396,3 +396,21 @@ def test_keepalive_ignored_when_not_asked():
     (m,) = frames(c.data_to_send())
     evs = c.receive_data(frame(_with_keepalive(default_answer(m), 75)), 0.0)
     assert [type(e) for e in evs] == [AnswerReceived]
+
+
+def test_answer_valid_only_with_our_wire_id_is_dropped_not_raised():
+    """A compression pointer into the header (offset 1, the ID's low byte) reads as the root name while the ID is
+    the wire ID 0, so scan_response accepts the answer; with the client's ID back, stripping the OPT walks the name
+    and raised WireError out of receive_data (the same bug the DoH fuzz harness found in the DoH core)."""
+    c = StreamClient()
+    q = make_query("f0.example", id=0x22FF)
+    wire_id = c.send_query(q, 0.0)
+    (sent,) = frames(c.data_to_send())
+    assert wire_id & 0xFF < 64  # the pointer reads a root label (0) or a short label while the ID is ours
+    body = bytearray(default_answer(sent))
+    at = body.index(b"\xc0\x0c", 12)
+    body[at : at + 2] = b"\xc0\x01"
+    wire.scan_response(bytes(body))
+    events = c.receive_data(frame(bytes(body)), 1.0)
+    assert [type(e) for e in events] == [UnexpectedAnswerDropped] and "malformed" in events[0].reason
+    assert c.outstanding == 1  # still waiting for a real answer

@@ -1,4 +1,4 @@
-"""sans-IO client side of DNS-over-HTTPS (RFC 8484) on one HTTP/2 connection, built on ``h2``.
+"""sans-IO client side of DNS-over-HTTPS (RFC 8484) on one HTTP/2 connection.
 
 :class:`DohClient` turns queries into HTTP/2 requests (POST, or GET with
 ``?dns=``; message ID 0 on the wire as RFC 8484 asks, the client's restored on
@@ -8,8 +8,13 @@ queueing, honours flow control both ways, resets cancelled streams
 process so they can move to a new connection. Bytes and ``now`` in, events out,
 bytes to write pulled with :meth:`data_to_send`; no I/O, no clock.
 
-``h2`` runs with header validation and normalisation off: the headers we send
-are constants we built, and the ones we read are checked here, where it matters.
+The HTTP/2 layer is our own, and holds only what a DoH client uses: the frame
+parser is below, the frame layouts are in :mod:`dotproxy.proto.http2`, HPACK in
+:mod:`dotproxy.proto.hpack_lite`. Requests are one pre-encoded header block per
+connection plus the per-request fields, written as literals without indexing so
+the server's HPACK table is never ours to track; responses go through a full
+HPACK decoder. Anything the server does that RFC 9113 calls a connection error
+becomes :class:`ConnectionBroken`; nothing raises out of :meth:`receive_data`.
 """
 
 from __future__ import annotations
@@ -18,54 +23,42 @@ import base64
 from collections import deque
 from dataclasses import dataclass
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-
 from dotproxy import wire
 from dotproxy.errors import BadResponse, UpstreamError, UpstreamRefused, WireError
+from dotproxy.proto import http2 as h
 from dotproxy.proto.answers import AnswerReceived, answers, for_client, question_of
+from dotproxy.proto.hpack_lite import Decoder, HpackError, encode_indexed, encode_literal, static_index
+from dotproxy.proto.http2 import ErrorCode, H2ProtocolError
 
 CONTENT_TYPE = b"application/dns-message"
 _MAX_DNS_MESSAGE = 0xFFFF  # a longer answer body is not DNS: stop reading it
 
-
-class _H2Connection(h2.connection.H2Connection):
-    """``h2`` with two changes, both measured or specified:
-
-    * h2 closes its state machine on GOAWAY and then rejects the frames of the
-      streams the server still finishes (RFC 9113 section 6.8 says those
-      complete). Stay open: :class:`DohClient` opens no stream after a GOAWAY.
-    * h2 counts open streams by walking every stream it holds, once per new
-      stream: O(n^2) for a burst, a fifth of the client's CPU at 500 in flight.
-      :class:`DohClient` knows the count; h2's own walk, which also forgets
-      closed streams, runs every ``_SWEEP_EVERY`` new streams.
-    """
-
-    _SWEEP_EVERY = 128
-    _since_sweep = 0
-    open_count = 0  # maintained by DohClient
-
-    @property
-    def open_outbound_streams(self) -> int:
-        self._since_sweep += 1
-        if self._since_sweep >= self._SWEEP_EVERY:
-            self._since_sweep = 0
-            return h2.connection.H2Connection.open_outbound_streams.fget(self)
-        return self.open_count
-
-    def _receive_goaway_frame(self, frame):
-        state = self.state_machine.state
-        frames, events = super()._receive_goaway_frame(frame)
-        if state is h2.connection.ConnectionState.CLIENT_OPEN:
-            self.state_machine.state = state
-        return frames, events
-
 # Before the server's SETTINGS arrive, assume the RFC 7540 recommended minimum.
 _DEFAULT_STREAM_LIMIT = 100
+
+# What we tell the server. Each stream may receive 1 MiB, far more than an answer body
+# (capped at 64 KiB, then reset), so stream windows never need replenishing; the
+# connection window is 16 MiB more than the default and topped up in large steps.
+_STREAM_WINDOW = 1 << 20
+_CONNECTION_WINDOW_BOOST = 1 << 24
+_CONNECTION_WINDOW = h.DEFAULT_WINDOW + _CONNECTION_WINDOW_BOOST
+_REPLENISH_AT = 1 << 22
+_MAX_HEADER_LIST = 65536
+_MAX_HEADER_BLOCK = 1 << 18  # HEADERS + CONTINUATION bytes we are willing to buffer
+
+_OUR_SETTINGS = h.settings_frame({
+    h.ENABLE_PUSH: 0,
+    h.INITIAL_WINDOW_SIZE: _STREAM_WINDOW,
+    h.MAX_HEADER_LIST_SIZE: _MAX_HEADER_LIST,
+})
+_PREFACE = h.PREFACE + _OUR_SETTINGS + h.window_update_frame(0, _CONNECTION_WINDOW_BOOST)
+_SETTINGS_ACK = h.frame(h.SETTINGS, h.ACK, 0)
+
+_unpack_header = h.FRAME_HEADER.unpack_from
+_pack_header = h.FRAME_HEADER.pack
+_U32 = h._U32
+_U32x2 = h._U32x2
+_SETTING = h._SETTING
 
 
 # ----------------------------------------------------------------- events (past tense)
@@ -107,11 +100,12 @@ class _Request:
     client_id: int
     question: tuple
     strip_opt: bool
-    headers: list
+    block: bytes  # the request's HPACK header block
     body: bytes  # what remains to send
     sent_at: float
     stream_id: int | None = None
-    status: bytes | None = None
+    send_window: int = 0
+    status: bytes | None = None  # the final (non-1xx) status, once its HEADERS arrived
     content_type: bytes | None = None
     chunks: list | None = None
     received: int = 0
@@ -123,31 +117,36 @@ class DohClient:
 
     def __init__(self, *, authority: str, path: str = "/dns-query", method: str = "POST",
                  pad_block: int | None = 128, max_streams: int = 200, upstream: str | None = None) -> None:
-        config = h2.config.H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-        )
-        self._h2 = _H2Connection(config=config)
-        self._h2.initiate_connection()
-        self._h2.update_settings({
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20,
-        })
-        self._h2.increment_flow_control_window(1 << 24)  # the connection window: answers are small, many
         self._upstream = upstream
         self._method = method.encode()
         self._path = path.encode()
         self._pad_block = pad_block
         self._max_streams = max_streams
-        self._base_headers = [
-            (b":method", self._method),
-            (b":scheme", b"https"),
-            (b":authority", authority.encode()),
-        ]
+        # The header block: constant fields once per connection, the rest per request.
+        method_index = static_index(b":method", self._method)
+        self._block_head = (
+            (encode_indexed(method_index) if method_index else encode_literal(2, self._method))
+            + encode_indexed(static_index(b":scheme", b"https"))
+            + encode_literal(1, authority.encode())
+        )
+        self._accept = encode_literal(static_index(b"accept"), CONTENT_TYPE)
+        self._post_fields = (self._block_head + encode_literal(4, self._path) + self._accept
+                             + encode_literal(static_index(b"content-type"), CONTENT_TYPE)
+                             + encode_literal(static_index(b"content-length"), b"")[:-1])
+        self._out = bytearray(_PREFACE)
+        self._inbuf = b""
+        self._decoder = Decoder(max_header_list_size=_MAX_HEADER_LIST)
+        self._next_stream_id = 1
+        self._send_window = h.DEFAULT_WINDOW  # the connection's, for our DATA
+        self._recv_window = _CONNECTION_WINDOW  # the connection's, for the server's DATA
+        self._recv_unacked = 0
+        self._peer_initial_window = h.DEFAULT_WINDOW
+        self._peer_max_frame = h.DEFAULT_MAX_FRAME_SIZE
+        self._peer_max_streams: int | None = None
+        self._continuing = 0  # a stream whose header block awaits CONTINUATION frames
+        self._fragments: list[bytes] = []
+        self._fragments_size = 0
+        self._fragments_end_stream = False
         self._next_query_id = 1
         self._requests: dict[int, _Request] = {}  # query ID -> request (queued or open)
         self._streams: dict[int, _Request] = {}  # stream ID -> open request
@@ -155,6 +154,7 @@ class DohClient:
         self._blocked: list[_Request] = []  # open, body waiting for flow-control window
         self._pings: dict[bytes, float] = {}
         self._settings_seen = False
+        self._closed = False
         self.going_away = False
         self.broken = False
         self.last_received: float | None = None
@@ -170,11 +170,13 @@ class DohClient:
     def stream_limit(self) -> int:
         if not self._settings_seen:
             return min(_DEFAULT_STREAM_LIMIT, self._max_streams)
-        return min(self._h2.remote_settings.max_concurrent_streams, self._max_streams)
+        if self._peer_max_streams is None:
+            return self._max_streams
+        return min(self._peer_max_streams, self._max_streams)
 
     @property
     def accepting(self) -> bool:
-        return not self.going_away and not self.broken
+        return not self.going_away and not self.broken and not self._closed
 
     # -------------------------------------------------------------- input from the user
 
@@ -189,23 +191,16 @@ class DohClient:
                 pass
         if self._method == b"GET":
             dns = base64.urlsafe_b64encode(out).rstrip(b"=")
-            headers = self._base_headers + [
-                (b":path", self._path + b"?dns=" + dns),
-                (b"accept", CONTENT_TYPE),
-            ]
+            block = self._block_head + encode_literal(4, self._path + b"?dns=" + dns) + self._accept
             body = b""
         else:
-            headers = self._base_headers + [
-                (b":path", self._path),
-                (b"accept", CONTENT_TYPE),
-                (b"content-type", CONTENT_TYPE),
-                (b"content-length", str(len(out)).encode()),
-            ]
+            length = b"%d" % len(out)
+            block = self._post_fields + bytes((len(length),)) + length
             body = out
         query_id = self._next_query_id
         self._next_query_id += 1
         request = _Request(query_id, query.id, question_of(query),
-                           self._pad_block is not None and query.edns is None, headers, body, now)
+                           self._pad_block is not None and query.edns is None, block, body, now)
         self._requests[query_id] = request
         self._queue.append(request)
         self._open_streams()
@@ -222,21 +217,27 @@ class DohClient:
                 pass
             return
         request.failed = True
-        self._reset(request.stream_id, h2.errors.ErrorCodes.CANCEL)
+        if request.stream_id in self._streams:
+            self._reset(request.stream_id, ErrorCode.CANCEL)
         self._open_streams()
 
     def ping(self, now: float) -> None:
         opaque = int(now * 1e6).to_bytes(8, "big", signed=False)
         self._pings[opaque] = now
-        self._h2.ping(opaque)
+        self._out += h.ping_frame(opaque)
 
     def close(self) -> None:
         """Say goodbye (GOAWAY); the caller closes the transport after sending."""
-        if not self.broken:
-            self._h2.close_connection()
+        if not self.broken and not self._closed:
+            self._closed = True
+            self._out += h.goaway_frame(0, ErrorCode.NO_ERROR)
 
     def data_to_send(self) -> bytes:
-        return self._h2.data_to_send()
+        if not self._out:
+            return b""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
 
     def connection_lost(self) -> list[int]:
         lost = list(self._requests)
@@ -251,128 +252,360 @@ class DohClient:
     def receive_data(self, data: bytes, now: float) -> list:
         self.last_received = now
         out: list = []
-        try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
-            self.broken = True
-            out.append(ConnectionBroken(f"HTTP/2 protocol error from the server: {e}", self.connection_lost()))
+        if self.broken:
             return out
-        for event in events:
-            kind = type(event)
-            if kind is h2.events.DataReceived:
-                self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                request = self._streams.get(event.stream_id)
-                if request is not None and not request.failed:
-                    request.received += len(event.data)
-                    if request.received > _MAX_DNS_MESSAGE:
-                        self._fail(request, BadResponse("answer body longer than any DNS message",
-                                                        upstream=self._upstream), out)
-                        self._reset(event.stream_id, h2.errors.ErrorCodes.CANCEL)
-                    else:
-                        request.chunks.append(event.data)
-            elif kind is h2.events.ResponseReceived:
-                request = self._streams.get(event.stream_id)
-                if request is not None:
-                    for name, value in event.headers:
-                        if name == b":status":
-                            request.status = value
-                        elif name == b"content-type":
-                            request.content_type = value
-                    self._check_head(request, now, event.headers, out)
-            elif kind is h2.events.StreamEnded:
-                request = self._streams.pop(event.stream_id, None)
-                if request is not None:
-                    if request.body:  # answered before we finished asking: end our half too
-                        request.body = b""
-                        self._reset(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
-                    self._complete(request, now, out)
-                self._open_streams()
-            elif kind is h2.events.StreamReset:
-                request = self._streams.pop(event.stream_id, None)
-                if request is not None and self._requests.pop(request.query_id, None) is not None:
-                    refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-                    out.append(QueryFailed(request.query_id, UpstreamRefused(
-                        f"server reset the stream ({_code_name(event.error_code)})", upstream=self._upstream),
-                        retry=refused))
-                self._open_streams()
-            elif kind is h2.events.ConnectionTerminated:
-                self.going_away = True
-                last = event.last_stream_id if event.last_stream_id is not None else 0
-                unprocessed = [r.query_id for r in self._queue]
-                self._queue.clear()
-                for stream_id, request in list(self._streams.items()):
-                    if stream_id > last:
-                        del self._streams[stream_id]
-                        unprocessed.append(request.query_id)
-                for query_id in unprocessed:
-                    self._requests.pop(query_id, None)
-                out.append(GoAwayReceived(unprocessed, event.error_code))
-            elif kind is h2.events.RemoteSettingsChanged:
-                self._settings_seen = True
-                self._send_blocked(out)  # a larger INITIAL_WINDOW_SIZE opens every stream's window
-                self._open_streams()
-            elif kind is h2.events.WindowUpdated:
-                self._send_blocked(out)
-            elif kind is h2.events.PingAckReceived:
-                sent = self._pings.pop(event.ping_data, None)
-                if sent is not None:
-                    out.append(PingAcknowledged(now - sent))
+        try:
+            self._receive(data, now, out)
+        except H2ProtocolError as e:
+            self._break(e.code, f"HTTP/2 protocol error from the server: {e}", out)
+        except HpackError as e:
+            self._break(ErrorCode.COMPRESSION_ERROR, f"HTTP/2 protocol error from the server: HPACK: {e}", out)
+        except Exception as e:  # a bug of ours must not escape into the transport's callback
+            self._break(ErrorCode.INTERNAL_ERROR, f"HTTP/2 client error: {e!r}", out)
         return out
+
+    def _break(self, code: ErrorCode, reason: str, out: list) -> None:
+        self.broken = True
+        self._out += h.goaway_frame(0, code)
+        out.append(ConnectionBroken(reason, self.connection_lost()))
+
+    def _receive(self, data: bytes, now: float, out: list) -> None:
+        if type(data) is not bytes:  # header blocks are cache keys: hashable bytes only
+            data = bytes(data)
+        buf = self._inbuf + data if self._inbuf else data
+        n = len(buf)
+        pos = 0
+        try:
+            while n - pos >= 9:
+                length_type, flags, sid = _unpack_header(buf, pos)
+                length = length_type >> 8
+                if length > h.DEFAULT_MAX_FRAME_SIZE:
+                    raise H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                end = pos + 9 + length
+                if end > n:
+                    break
+                ftype = length_type & 0xFF
+                sid &= 0x7FFFFFFF
+                payload = buf[pos + 9 : end]
+                pos = end
+                if self._continuing and ftype != h.CONTINUATION:
+                    raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "header block interrupted by another frame")
+                if not self._settings_seen and ftype != h.SETTINGS:
+                    raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "the server's first frame is not SETTINGS")
+                if ftype == h.DATA:
+                    self._on_data(sid, flags, payload, now, out)
+                elif ftype == h.HEADERS:
+                    self._on_headers(sid, flags, payload, now, out)
+                elif ftype == h.WINDOW_UPDATE:
+                    self._on_window_update(sid, payload, out)
+                elif ftype == h.SETTINGS:
+                    self._on_settings(sid, flags, payload, out)
+                elif ftype == h.RST_STREAM:
+                    self._on_rst_stream(sid, payload, out)
+                elif ftype == h.PING:
+                    self._on_ping(sid, flags, payload, now, out)
+                elif ftype == h.GOAWAY:
+                    self._on_goaway(sid, payload, out)
+                elif ftype == h.CONTINUATION:
+                    self._on_continuation(sid, flags, payload, now, out)
+                elif ftype == h.PRIORITY:
+                    if sid == 0:
+                        raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
+                    if length != 5:
+                        raise H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "PRIORITY not 5 bytes")
+                elif ftype == h.PUSH_PROMISE:
+                    raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE with push disabled")
+                # Unknown frame types are ignored (section 5.5).
+        finally:
+            self._inbuf = buf[pos:] if pos < n else b""
+
+    # -------------------------------------------------------------- frames
+
+    def _check_stream(self, sid: int, what: str) -> None:
+        """A frame for a stream we do not have: fine if it was ours and closed, an error if never opened."""
+        if sid == 0:
+            raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} on stream 0")
+        if not sid & 1 or sid >= self._next_stream_id:
+            raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} on stream {sid}, which we never opened")
+
+    def _on_data(self, sid: int, flags: int, payload: bytes, now: float, out: list) -> None:
+        flow = len(payload)
+        if flags & h.PADDED:
+            if not flow or payload[0] >= flow:
+                raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "DATA padding longer than the frame")
+            payload = payload[1 : flow - payload[0]]
+        self._recv_window -= flow
+        if self._recv_window < 0:
+            raise H2ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        self._recv_unacked += flow
+        if self._recv_unacked >= _REPLENISH_AT:
+            self._out += h.window_update_frame(0, self._recv_unacked)
+            self._recv_window += self._recv_unacked
+            self._recv_unacked = 0
+        request = self._streams.get(sid)
+        if request is None:
+            self._check_stream(sid, "DATA")
+            return
+        if not request.failed:
+            if request.status is None:
+                self._fail(request, BadResponse("answer body before its headers", upstream=self._upstream), out)
+                self._reset(sid, ErrorCode.PROTOCOL_ERROR)
+                self._open_streams()
+                return
+            request.received += len(payload)
+            if request.received > _MAX_DNS_MESSAGE:
+                self._fail(request, BadResponse("answer body longer than any DNS message",
+                                                upstream=self._upstream), out)
+                self._reset(sid, ErrorCode.CANCEL)
+                self._open_streams()
+                return
+            if payload:
+                request.chunks.append(payload)
+        if flags & h.END_STREAM:
+            self._end_stream(sid, now, out)
+
+    def _on_headers(self, sid: int, flags: int, payload: bytes, now: float, out: list) -> None:
+        if sid not in self._streams:
+            self._check_stream(sid, "HEADERS")
+        start, end = 0, len(payload)
+        if flags & h.PADDED:
+            if not end:
+                raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "HEADERS padding longer than the frame")
+            end -= payload[0]
+            start = 1
+        if flags & h.PRIORITY_FLAG:
+            start += 5
+        if end < start:
+            raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "HEADERS padding longer than the frame")
+        if start or end != len(payload):
+            payload = payload[start:end]
+        if flags & h.END_HEADERS:
+            self._on_header_block(sid, payload, flags & h.END_STREAM, now, out)
+        else:
+            self._continuing = sid
+            self._fragments = [payload]
+            self._fragments_size = len(payload)
+            self._fragments_end_stream = bool(flags & h.END_STREAM)
+
+    def _on_continuation(self, sid: int, flags: int, payload: bytes, now: float, out: list) -> None:
+        if not self._continuing or sid != self._continuing:
+            raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "CONTINUATION without a HEADERS before it")
+        self._fragments.append(payload)
+        self._fragments_size += len(payload)
+        if self._fragments_size > _MAX_HEADER_BLOCK:
+            raise H2ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
+        if flags & h.END_HEADERS:
+            block = b"".join(self._fragments)
+            self._continuing = 0
+            self._fragments = []
+            self._on_header_block(sid, block, self._fragments_end_stream, now, out)
+
+    def _on_header_block(self, sid: int, block: bytes, end_stream: int, now: float, out: list) -> None:
+        headers = self._decoder.decode(block)  # always: the HPACK state must follow every block
+        request = self._streams.get(sid)
+        if request is not None and not request.failed and request.status is None:
+            status = content_type = None
+            for name, value in headers:
+                if name == b":status":
+                    status = value
+                elif name == b"content-type":
+                    content_type = value
+            if status is None:
+                self._fail(request, BadResponse("response without :status", upstream=self._upstream), out)
+            elif status[:1] != b"1":  # 1xx heads are informational: the final one follows
+                request.status = status
+                request.content_type = content_type
+                self._check_head(request, headers, out)
+            if request.failed and not end_stream:  # nothing more to read here: free the stream's slot
+                self._reset(sid, ErrorCode.CANCEL)
+                self._open_streams()
+                return
+        # Otherwise: trailers, or a stream we gave up on.
+        if end_stream:
+            self._end_stream(sid, now, out)
+
+    def _end_stream(self, sid: int, now: float, out: list) -> None:
+        request = self._streams.pop(sid, None)
+        if request is not None:
+            if request.body:  # answered before we finished asking: end our half too
+                request.body = b""
+                self._reset(sid, ErrorCode.NO_ERROR)
+            self._complete(request, now, out)
+        self._open_streams()
+
+    def _on_rst_stream(self, sid: int, payload: bytes, out: list) -> None:
+        if len(payload) != 4:
+            raise H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM not 4 bytes")
+        request = self._streams.pop(sid, None)
+        if request is None:
+            self._check_stream(sid, "RST_STREAM")
+            return
+        (code,) = _U32.unpack(payload)
+        if self._requests.pop(request.query_id, None) is not None:
+            out.append(QueryFailed(request.query_id, UpstreamRefused(
+                f"server reset the stream ({h.code_name(code)})", upstream=self._upstream),
+                retry=code == ErrorCode.REFUSED_STREAM))
+        self._open_streams()
+
+    def _on_settings(self, sid: int, flags: int, payload: bytes, out: list) -> None:
+        if sid:
+            raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & h.ACK:
+            if payload:
+                raise H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            return
+        if len(payload) % 6:
+            raise H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
+        for i in range(0, len(payload), 6):
+            key, value = _SETTING.unpack_from(payload, i)
+            if key == h.MAX_CONCURRENT_STREAMS:
+                self._peer_max_streams = value
+            elif key == h.INITIAL_WINDOW_SIZE:
+                if value > h.MAX_WINDOW:
+                    raise H2ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, f"INITIAL_WINDOW_SIZE {value}")
+                delta = value - self._peer_initial_window
+                self._peer_initial_window = value
+                for request in self._streams.values():  # section 6.9.2: open streams follow
+                    request.send_window += delta
+                    if request.send_window > h.MAX_WINDOW:
+                        raise H2ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "stream window above 2^31-1")
+            elif key == h.MAX_FRAME_SIZE:
+                if not h.DEFAULT_MAX_FRAME_SIZE <= value <= 0xFFFFFF:
+                    raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value}")
+                self._peer_max_frame = value
+            elif key == h.ENABLE_PUSH:
+                if value != 0:  # section 6.5.2: a server never sends 1
+                    raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, f"ENABLE_PUSH {value} from a server")
+            # HEADER_TABLE_SIZE: our requests never use the server's table; others are advisory.
+        self._out += _SETTINGS_ACK
+        self._settings_seen = True
+        self._send_blocked(out)  # a larger INITIAL_WINDOW_SIZE opens every stream's window
+        self._open_streams()
+
+    def _on_window_update(self, sid: int, payload: bytes, out: list) -> None:
+        if len(payload) != 4:
+            raise H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes")
+        increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
+        if not increment:
+            raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+        if sid == 0:
+            self._send_window += increment
+            if self._send_window > h.MAX_WINDOW:
+                raise H2ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "connection window above 2^31-1")
+        else:
+            request = self._streams.get(sid)
+            if request is None:
+                self._check_stream(sid, "WINDOW_UPDATE")
+                return
+            request.send_window += increment
+            if request.send_window > h.MAX_WINDOW:
+                raise H2ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "stream window above 2^31-1")
+        if self._blocked:
+            self._send_blocked(out)
+
+    def _on_ping(self, sid: int, flags: int, payload: bytes, now: float, out: list) -> None:
+        if sid:
+            raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "PING not 8 bytes")
+        if flags & h.ACK:
+            sent = self._pings.pop(bytes(payload), None)
+            if sent is not None:
+                out.append(PingAcknowledged(now - sent))
+        else:
+            self._out += h.ping_frame(bytes(payload), ack=True)
+
+    def _on_goaway(self, sid: int, payload: bytes, out: list) -> None:
+        if sid:
+            raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+        if len(payload) < 8:
+            raise H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
+        last, code = _U32x2.unpack_from(payload)
+        last &= 0x7FFFFFFF
+        self.going_away = True
+        # Section 6.8: streams above last_stream_id were not processed; the others complete.
+        unprocessed = [r.query_id for r in self._queue]
+        self._queue.clear()
+        for stream_id, request in list(self._streams.items()):
+            if stream_id > last:
+                del self._streams[stream_id]
+                if request.query_id in self._requests:
+                    unprocessed.append(request.query_id)
+        for query_id in unprocessed:
+            self._requests.pop(query_id, None)
+        out.append(GoAwayReceived(unprocessed, h.error_code(code)))
 
     # -------------------------------------------------------------- internals
 
     def _open_streams(self) -> None:
-        if not self.accepting:
+        if self.going_away or self.broken or self._closed:
+            return
+        queue = self._queue
+        if not queue:
             return
         limit = self.stream_limit
-        h2c = self._h2
         streams = self._streams
-        while self._queue and len(streams) < limit:
-            request = self._queue.popleft()
-            stream_id = h2c.get_next_available_stream_id()
+        out = self._out
+        while queue and len(streams) < limit:
+            stream_id = self._next_stream_id
+            if stream_id > h.MAX_STREAM_ID:  # out of stream IDs: the pool dials another connection
+                self.going_away = True
+                return
+            self._next_stream_id = stream_id + 2
+            request = queue.popleft()
             request.stream_id = stream_id
             request.chunks = []
-            h2c.open_count = len(streams)
+            request.send_window = self._peer_initial_window
             streams[stream_id] = request
-            h2c.send_headers(stream_id, request.headers, end_stream=not request.body)
+            block = request.block
+            if len(block) <= self._peer_max_frame:
+                out += _pack_header(len(block) << 8 | h.HEADERS,
+                                    h.END_HEADERS if request.body else h.END_HEADERS | h.END_STREAM, stream_id)
+                out += block
+            else:
+                out += h.headers_frames(stream_id, block, not request.body, self._peer_max_frame)
             if request.body:
                 self._send_body(request)
 
     def _send_body(self, request: _Request) -> None:
         """Send as much of the body as flow control allows; the rest waits for window."""
-        h2c = self._h2
+        body = request.body
         stream_id = request.stream_id
-        while request.body:
-            size = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size, len(request.body))
+        out = self._out
+        while body:
+            size = min(self._send_window, request.send_window, self._peer_max_frame, len(body))
             if size <= 0:
+                request.body = body
                 self._blocked.append(request)
                 return
-            chunk, request.body = request.body[:size], request.body[size:]
-            h2c.send_data(stream_id, chunk, end_stream=not request.body)
+            if size < len(body):
+                chunk, body = body[:size], body[size:]
+            else:
+                chunk, body = body, b""
+            out += _pack_header(size << 8 | h.DATA, 0 if body else h.END_STREAM, stream_id)
+            out += chunk
+            self._send_window -= size
+            request.send_window -= size
+        request.body = b""
 
     def _send_blocked(self, out: list) -> None:
+        if not self._blocked:
+            return
         blocked, self._blocked = self._blocked, []
         for request in blocked:
             if request.stream_id in self._streams and request.body and not request.failed:
-                try:
-                    self._send_body(request)
-                except h2.exceptions.H2Error as e:  # the stream ended meanwhile
-                    self._fail(request, BadResponse(f"could not finish the request: {e}",
-                                                    upstream=self._upstream), out)
+                self._send_body(request)
 
-    def _reset(self, stream_id: int, code) -> None:
+    def _reset(self, stream_id: int, code: int) -> None:
         self._streams.pop(stream_id, None)
-        try:
-            self._h2.reset_stream(stream_id, code)
-        except h2.exceptions.StreamClosedError:
-            pass  # it ended on its own meanwhile
+        self._out += h.rst_stream_frame(stream_id, code)
 
     def _fail(self, request: _Request, error: UpstreamError, out: list) -> None:
         request.failed = True
         if self._requests.pop(request.query_id, None) is not None:
             out.append(QueryFailed(request.query_id, error))
 
-    def _check_head(self, request: _Request, now: float, headers, out: list) -> None:
+    def _check_head(self, request: _Request, headers, out: list) -> None:
         if request.status != b"200":
             retry_after = None
             for name, value in headers:
@@ -381,11 +614,13 @@ class DohClient:
                         retry_after = float(value)
                     except ValueError:
                         pass
-            status = (request.status or b"?").decode("ascii", "replace")
+            status = request.status.decode("ascii", "replace")
             self._fail(request, UpstreamRefused(f"HTTP status {status}", upstream=self._upstream,
                                                 status=int(status) if status.isdigit() else None,
                                                 retry_after=retry_after), out)
-        elif request.content_type is None or request.content_type.split(b";")[0].strip().lower() != CONTENT_TYPE:
+        elif request.content_type is None or (
+                request.content_type != CONTENT_TYPE
+                and request.content_type.split(b";")[0].strip().lower() != CONTENT_TYPE):
             self._fail(request, BadResponse(f"answer has content-type {request.content_type!r}, "
                                             f"not application/dns-message", upstream=self._upstream), out)
 
@@ -395,23 +630,17 @@ class DohClient:
         if self._requests.pop(request.query_id, None) is None:
             self.late_answers += 1
             return
-        body = b"".join(request.chunks)
+        chunks = request.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
             info = wire.scan_response(body)
+            if not answers(info, request.question):
+                out.append(QueryFailed(request.query_id, BadResponse("answer is for another question",
+                                                                     upstream=self._upstream)))
+                return
+            data = for_client(body, request.client_id, request.strip_opt)  # walks the records scan skips
         except WireError as e:
             out.append(QueryFailed(request.query_id, BadResponse(f"malformed answer: {e.reason}",
                                                                  upstream=self._upstream)))
             return
-        if not answers(info, request.question):
-            out.append(QueryFailed(request.query_id, BadResponse("answer is for another question",
-                                                                 upstream=self._upstream)))
-            return
-        out.append(AnswerReceived(request.query_id, for_client(body, request.client_id, request.strip_opt),
-                                  now - request.sent_at))
-
-
-def _code_name(code) -> str:
-    try:
-        return h2.errors.ErrorCodes(code).name
-    except ValueError:
-        return str(code)
+        out.append(AnswerReceived(request.query_id, data, now - request.sent_at))

@@ -210,12 +210,17 @@ class StreamClient:
             self.unexpected_answers += 1
             events.append(UnexpectedAnswerDropped(wire_id, "answer is for another question"))
             return
+        try:
+            data = for_client(message, pending.client_id, pending.strip_opt)  # walks records scan_response skips
+        except WireError as e:  # e.g. a compression pointer into the header, fine only while the ID was ours
+            self.unexpected_answers += 1
+            events.append(UnexpectedAnswerDropped(wire_id, f"malformed answer: {e.reason}"))
+            return
         del self._pending[wire_id]
         self.answered += 1
         if info.edns is not None and self._keepalive:
             for code, value in info.edns.options:
                 if code == wire.OPT_KEEPALIVE and len(value) == 2:  # units of 100 ms
                     events.append(KeepaliveReceived(((value[0] << 8) | value[1]) / 10))
-        events.append(AnswerReceived(wire_id, for_client(message, pending.client_id, pending.strip_opt),
-                                     now - pending.sent_at))
+        events.append(AnswerReceived(wire_id, data, now - pending.sent_at))
 
