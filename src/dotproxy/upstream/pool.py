@@ -291,6 +291,7 @@ class Ticket:
             return
         self.done = True
         self._timer.cancel()
+        self.callback = None  # nothing is delivered; see _finish
         self._withdraw()
 
     # ------------------------------------------------------------ from the pool and connections
@@ -329,8 +330,11 @@ class Ticket:
             return
         self.done = True
         self._timer.cancel()
+        # The caller usually holds this ticket (to cancel it) and the callback holds the
+        # caller: let go of the callback so that no reference cycle outlives the query.
+        callback, self.callback = self.callback, None
         try:
-            self.callback(answer, error)
+            callback(answer, error)
         except Exception:  # the caller's bug must not break the connection that delivered this
             log.exception("%s: an answer callback failed", self.pool.name)
 
