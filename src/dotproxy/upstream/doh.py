@@ -45,6 +45,7 @@ class DohConnection(PooledConnection):
         return self.ready and not self.draining and self.core.accepting
 
     def data_received(self, data: bytes) -> None:
+        self.ack_now()
         now = self.loop.time()
         pool = self.pool
         answered = False

@@ -54,6 +54,10 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             pass
 
 
+#: Linux only (macOS and Windows have no such option: there this is a no-op).
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
 class PooledConnection(asyncio.Protocol):
     """The transport glue shared by pooled connections: writes batched per loop
     iteration, idle close, the liveness check of reused connections.
@@ -82,12 +86,33 @@ class PooledConnection(asyncio.Protocol):
         self._liveness_armed_at = 0.0
         self._session_kept = False
         self._close_started = False
+        self._sock = None  # for TCP_QUICKACK, where the system has it
 
     # ------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         set_nodelay(transport)
+        if _TCP_QUICKACK is not None:
+            self._sock = transport.get_extra_info("socket")
+
+    def ack_now(self) -> None:
+        """Acknowledge what was just read at once, not after the delayed-ACK timer.
+
+        Called on every read. A server that does not set TCP_NODELAY (unbound, for one)
+        and writes an answer in more than one segment (DoT: TLS records; DoH: HEADERS and
+        DATA) holds the rest of it until the first part is acknowledged (Nagle), and our
+        side, having nothing to send, delays that ACK by up to 40 ms (Linux, interactive
+        mode): in the rig that was a p50 of one query interval at 2,000/s and 40 ms
+        outliers whenever the next query came late. TCP_QUICKACK is not sticky (the
+        kernel goes back to delayed ACKs), hence once per read.
+        """
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:  # closing, or not TCP after all: stop trying
+                self._sock = None
 
     def eof_received(self) -> bool:
         return False  # close our side too

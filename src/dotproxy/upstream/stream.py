@@ -30,6 +30,7 @@ class StreamConnection(PooledConnection):
         self.core = StreamClient(pad_block=o.pad_block if encrypted else None, keepalive=o.keepalive and encrypted)
 
     def data_received(self, data: bytes) -> None:
+        self.ack_now()
         now = self.loop.time()
         pool = self.pool
         stats = pool.stats
