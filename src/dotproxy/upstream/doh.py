@@ -45,7 +45,6 @@ class DohConnection(PooledConnection):
         return self.ready and not self.draining and self.core.accepting
 
     def data_received(self, data: bytes) -> None:
-        self.ack_now()
         now = self.loop.time()
         pool = self.pool
         answered = False
@@ -82,6 +81,7 @@ class DohConnection(PooledConnection):
         self.schedule_flush()  # WINDOW_UPDATEs, PING ACKs, SETTINGS ACK
         if answered:
             self.answered(now)
+        self.read_done()
 
     def probe(self, now: float) -> None:
         self.core.ping(now)

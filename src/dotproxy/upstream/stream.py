@@ -30,7 +30,6 @@ class StreamConnection(PooledConnection):
         self.core = StreamClient(pad_block=o.pad_block if encrypted else None, keepalive=o.keepalive and encrypted)
 
     def data_received(self, data: bytes) -> None:
-        self.ack_now()
         now = self.loop.time()
         pool = self.pool
         stats = pool.stats
@@ -51,6 +50,7 @@ class StreamConnection(PooledConnection):
                 self.shorten_idle_timeout(min(pool.options.idle_timeout, event.timeout * 0.9))
         if answered:
             self.answered(now)
+        self.read_done()
 
     def probe(self, now: float) -> None:
         self.core.send_probe(now)
