@@ -116,13 +116,17 @@ class _Resolution:
             self.ask(self.index + 1)
             return
         self.done = True
-        self.callback(answer, error)
+        # The ticket's callback is this resolution: drop both ends of that cycle (and the
+        # flow's callback) so that a finished query is freed by reference counting alone.
+        callback, self.callback, self.ticket = self.callback, None, None
+        callback(answer, error)
 
     def cancel(self) -> None:
         if not self.done:
             self.done = True
-            if self.ticket is not None:
-                self.ticket.cancel()
+            ticket, self.ticket, self.callback = self.ticket, None, None
+            if ticket is not None:
+                ticket.cancel()
 
 
 @dataclass(slots=True)

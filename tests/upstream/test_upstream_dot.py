@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl
 
 import dns.message
@@ -319,6 +320,42 @@ def test_queries_of_one_iteration_leave_in_one_write(run):
                     check_answer(a, q)
                 assert len(writes) == 1, writes
                 conn.transport = real
+
+    run(body)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux only")
+def test_every_read_is_acknowledged_at_once(run):
+    # A server with Nagle on holds the rest of an answer until its first segment is ACKed;
+    # the client must not sit on that ACK for the delayed-ACK timer (up to 40 ms).
+    async def body():
+        async with serve(faults=Faults(jitter=0.1)) as server:
+            async with client(server, pool_size=1) as up:
+                await up.query(make_query(), deadline=after(2))
+                (conn,) = up._conns
+                assert conn._sock is not None
+                real = conn._sock
+                calls: list[tuple] = []
+
+                class Recording:
+                    def setsockopt(self, *args):
+                        calls.append(args)
+                        real.setsockopt(*args)
+
+                conn._sock = Recording()
+                quickack = (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+                # One query: no answer is held behind it, nothing to acknowledge early.
+                q = make_query("ack.example")
+                check_answer(await up.query(q, deadline=after(2)), q)
+                assert quickack not in calls
+                # Several in one write, answered at scattered times: a read that leaves some
+                # outstanding is acknowledged at once (nothing else is written then).
+                qs = [make_query(f"ack{i}.example") for i in range(5)]
+                answers = await asyncio.gather(*(up.query(q, deadline=after(2)) for q in qs))
+                for q, a in zip(qs, answers):
+                    check_answer(a, q)
+                assert quickack in calls
+                conn._sock = real
 
     run(body)
 

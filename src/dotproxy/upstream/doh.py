@@ -81,6 +81,7 @@ class DohConnection(PooledConnection):
         self.schedule_flush()  # WINDOW_UPDATEs, PING ACKs, SETTINGS ACK
         if answered:
             self.answered(now)
+        self.read_done()
 
     def probe(self, now: float) -> None:
         self.core.ping(now)

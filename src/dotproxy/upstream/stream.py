@@ -50,6 +50,7 @@ class StreamConnection(PooledConnection):
                 self.shorten_idle_timeout(min(pool.options.idle_timeout, event.timeout * 0.9))
         if answered:
             self.answered(now)
+        self.read_done()
 
     def probe(self, now: float) -> None:
         self.core.send_probe(now)
