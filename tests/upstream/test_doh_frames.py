@@ -411,3 +411,60 @@ def test_close_says_goaway_once_and_opens_nothing_after():
     assert not c.accepting
     c.send_query(make_query("late.example"), 0.0)
     assert c.data_to_send() == b""
+
+
+# --------------------------------------------------------------------------- after the review
+
+
+def test_a_changed_header_table_size_is_acknowledged_first_in_our_next_block_only():
+    """RFC 7541 section 4.2; nghttp2 servers fail the next request with COMPRESSION_ERROR otherwise."""
+    c = ready()
+    c.receive_data(h.settings_frame({h.HEADER_TABLE_SIZE: 0}), 0.0)
+    c.data_to_send()
+    c.send_query(make_query("a.example"), 0.0)
+    c.send_query(make_query("b.example"), 0.0)
+    blocks = [p for t, _, _, p in parse_frames(c.data_to_send()) if t == h.HEADERS]
+    assert blocks[0][:1] == b"\x20" and blocks[1][:1] != b"\x20"
+    server = Decoder()
+    server.decode(blocks[0])  # a size update to 0, then the usual literals: valid HPACK
+    assert server.max_table_size == 0
+
+
+def test_a_flood_of_empty_continuation_frames_breaks_the_connection():
+    c = ready()
+    qid, _ = one_query(c)
+    events = c.receive_data(h.frame(h.HEADERS, 0, 1, encode_indexed(8)), 0.0)
+    for _ in range(200):
+        events += c.receive_data(h.frame(h.CONTINUATION, 0, 1, b""), 0.0)
+    assert [type(e) for e in events] == [ConnectionBroken]
+    assert events[0].query_ids == [qid]
+
+
+def test_a_body_shorter_than_its_content_length_is_a_bad_response():
+    c = ready()
+    qid, q = one_query(c)
+    body = answer_for(q)
+    head = response_block(extra=[(28, str(len(body) + 7).encode())])  # 28: content-length
+    events = c.receive_data(h.frame(h.HEADERS, h.END_HEADERS, 1, head) + h.frame(h.DATA, h.END_STREAM, 1, body), 0.0)
+    assert [type(e) for e in events] == [QueryFailed]
+    assert "content-length" in events[0].error.detail
+
+
+def test_running_out_of_stream_ids_hands_the_queued_queries_back():
+    c = ready()
+    c._next_stream_id = h.MAX_STREAM_ID  # the last one
+    first, _ = one_query(c)
+    second, _ = one_query(c, "g.example")
+    assert not c.accepting
+    events = c.receive_data(h.ping_frame(b"12345678", ack=False), 0.0)
+    assert [(type(e), getattr(e, "unprocessed", None)) for e in events] == [(GoAwayReceived, [second])]
+    assert c.outstanding == 1  # the first is still on its stream
+
+
+def test_only_small_huffman_strings_and_blocks_are_cached():
+    """A hostile server must not park megabytes in the decoder's caches."""
+    d = Decoder()
+    d.decode(encode_indexed(8) + encode_literal(31, b"x" * 5000, huffman=True))
+    assert d._strings == {} and d._blocks == {}
+    d.decode(encode_indexed(8) + encode_literal(31, CT, huffman=True))
+    assert len(d._strings) == 1 and len(d._blocks) == 1

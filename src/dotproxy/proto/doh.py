@@ -45,6 +45,11 @@ _CONNECTION_WINDOW = h.DEFAULT_WINDOW + _CONNECTION_WINDOW_BOOST
 _REPLENISH_AT = 1 << 22
 _MAX_HEADER_LIST = 65536
 _MAX_HEADER_BLOCK = 1 << 18  # HEADERS + CONTINUATION bytes we are willing to buffer
+_MAX_CONTINUATIONS = 64  # CONTINUATION frames of one header block (empty ones would cost nothing else)
+#: A dynamic table size update to 0, first in the next request block after the server's
+#: SETTINGS_HEADER_TABLE_SIZE changed (RFC 7541 section 4.2; nghttp2 insists). Always legal:
+#: we never index anything, so our side of the table is empty whatever its size.
+_TABLE_SIZE_UPDATE = b"\x20"
 
 _OUR_SETTINGS = h.settings_frame({
     h.ENABLE_PUSH: 0,
@@ -107,6 +112,7 @@ class _Request:
     send_window: int = 0
     status: bytes | None = None  # the final (non-1xx) status, once its HEADERS arrived
     content_type: bytes | None = None
+    content_length: int | None = None  # as the final head declared it
     chunks: list | None = None
     received: int = 0
     failed: bool = False
@@ -146,7 +152,10 @@ class DohClient:
         self._continuing = 0  # a stream whose header block awaits CONTINUATION frames
         self._fragments: list[bytes] = []
         self._fragments_size = 0
+        self._fragments_count = 0
         self._fragments_end_stream = False
+        self._table_size_update = False  # owed at the head of our next header block
+        self._pending_events: list = []
         self._next_query_id = 1
         self._requests: dict[int, _Request] = {}  # query ID -> request (queued or open)
         self._streams: dict[int, _Request] = {}  # stream ID -> open request
@@ -240,6 +249,7 @@ class DohClient:
         return data
 
     def connection_lost(self) -> list[int]:
+        self._closed = True
         lost = list(self._requests)
         self._requests.clear()
         self._streams.clear()
@@ -251,7 +261,7 @@ class DohClient:
 
     def receive_data(self, data: bytes, now: float) -> list:
         self.last_received = now
-        out: list = []
+        out, self._pending_events = self._pending_events, []  # events of our own making since the last read
         if self.broken:
             return out
         try:
@@ -385,6 +395,7 @@ class DohClient:
             self._continuing = sid
             self._fragments = [payload]
             self._fragments_size = len(payload)
+            self._fragments_count = 0
             self._fragments_end_stream = bool(flags & h.END_STREAM)
 
     def _on_continuation(self, sid: int, flags: int, payload: bytes, now: float, out: list) -> None:
@@ -392,7 +403,8 @@ class DohClient:
             raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "CONTINUATION without a HEADERS before it")
         self._fragments.append(payload)
         self._fragments_size += len(payload)
-        if self._fragments_size > _MAX_HEADER_BLOCK:
+        self._fragments_count += 1
+        if self._fragments_size > _MAX_HEADER_BLOCK or self._fragments_count > _MAX_CONTINUATIONS:
             raise H2ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
         if flags & h.END_HEADERS:
             block = b"".join(self._fragments)
@@ -410,6 +422,8 @@ class DohClient:
                     status = value
                 elif name == b"content-type":
                     content_type = value
+                elif name == b"content-length":
+                    request.content_length = int(value) if value.isdigit() else -1
             if status is None:
                 self._fail(request, BadResponse("response without :status", upstream=self._upstream), out)
             elif status[:1] != b"1":  # 1xx heads are informational: the final one follows
@@ -476,7 +490,10 @@ class DohClient:
             elif key == h.ENABLE_PUSH:
                 if value != 0:  # section 6.5.2: a server never sends 1
                     raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, f"ENABLE_PUSH {value} from a server")
-            # HEADER_TABLE_SIZE: our requests never use the server's table; others are advisory.
+            elif key == h.HEADER_TABLE_SIZE:
+                # Our requests never use the server's table, but a change must still be
+                # acknowledged in our next block, or nghttp2 servers fail it (COMPRESSION_ERROR).
+                self._table_size_update = True
         self._out += _SETTINGS_ACK
         self._settings_seen = True
         self._send_blocked(out)  # a larger INITIAL_WINDOW_SIZE opens every stream's window
@@ -548,8 +565,15 @@ class DohClient:
         out = self._out
         while queue and len(streams) < limit:
             stream_id = self._next_stream_id
-            if stream_id > h.MAX_STREAM_ID:  # out of stream IDs: the pool dials another connection
+            if stream_id > h.MAX_STREAM_ID:
+                # Out of stream IDs: as if the server had said GOAWAY, the queued queries move to
+                # another connection (reported with the next read; open streams finish here).
                 self.going_away = True
+                stranded = [r.query_id for r in queue]
+                queue.clear()
+                for query_id in stranded:
+                    del self._requests[query_id]
+                self._pending_events.append(GoAwayReceived(stranded, ErrorCode.NO_ERROR))
                 return
             self._next_stream_id = stream_id + 2
             request = queue.popleft()
@@ -558,6 +582,9 @@ class DohClient:
             request.send_window = self._peer_initial_window
             streams[stream_id] = request
             block = request.block
+            if self._table_size_update:
+                self._table_size_update = False
+                block = _TABLE_SIZE_UPDATE + block
             if len(block) <= self._peer_max_frame:
                 out += _pack_header(len(block) << 8 | h.HEADERS,
                                     h.END_HEADERS if request.body else h.END_HEADERS | h.END_STREAM, stream_id)
@@ -632,6 +659,10 @@ class DohClient:
             return
         chunks = request.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if request.content_length is not None and request.content_length != len(body):
+            out.append(QueryFailed(request.query_id, BadResponse(
+                f"body of {len(body)} bytes, content-length said {request.content_length}", upstream=self._upstream)))
+            return
         try:
             info = wire.scan_response(body)
             if not answers(info, request.question):

@@ -24,6 +24,10 @@ from dotproxy.proto._hpack_tables import HUFFMAN_CODES, STATIC_TABLE
 _STATIC_COUNT = len(STATIC_TABLE)  # 61
 _CACHE_LIMIT = 256  # header blocks remembered; answers from one server repeat a handful
 _HUFFMAN_CACHE_LIMIT = 1024
+# Only small things are remembered: real answer heads are tens of bytes, and a hostile server
+# must not be able to park hundreds of megabytes in a cache (1024 x 64 KiB strings).
+_CACHED_BLOCK_MAX = 1024
+_CACHED_STRING_MAX = 256
 
 
 class HpackError(ValueError):
@@ -198,7 +202,7 @@ class Decoder:
         headers, changed = self._decode(block)
         if changed:
             self._blocks.clear()
-        else:
+        elif len(block) <= _CACHED_BLOCK_MAX:
             if len(self._blocks) >= _CACHE_LIMIT:
                 self._blocks.clear()
             self._blocks[block] = headers
@@ -284,9 +288,10 @@ class Decoder:
             decoded = self._strings.get(value)
             if decoded is None:
                 decoded = huffman_decode(value)
-                if len(self._strings) >= _HUFFMAN_CACHE_LIMIT:
-                    self._strings.clear()
-                self._strings[value] = decoded
+                if length <= _CACHED_STRING_MAX:
+                    if len(self._strings) >= _HUFFMAN_CACHE_LIMIT:
+                        self._strings.clear()
+                    self._strings[value] = decoded
             value = decoded
         return value, end
 
