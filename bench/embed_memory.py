@@ -25,6 +25,8 @@ import time
 
 import dns.message
 
+from bench_support import start_test_upstream
+
 
 def rss_mib() -> float:
     try:
@@ -36,17 +38,6 @@ def rss_mib() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS: bytes, and only the peak
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
-def start_test_upstream(latency: float) -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen([sys.executable, "-m", "dotproxy.testing", "--max-seconds", "300",
-                             "--latency", str(latency)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    line = proc.stdout.readline()
-    if not line:
-        proc.kill()
-        raise SystemExit("the test upstream did not start")
-    return proc, json.loads(line)
 
 
 def main() -> int:
@@ -61,7 +52,7 @@ def main() -> int:
 
     figures: list[tuple[str, float]] = [("python + dotproxy imported", rss_mib())]
     latency = 2.0  # long enough to hold every query in flight while measuring
-    proc, up = start_test_upstream(latency)
+    proc, up = start_test_upstream("--latency", str(latency), max_seconds=300)
     try:
         engine = EngineThread(upstreams=[up[f"{args.transport}_url"]], ca_file=up["ca_file"], timeout=8.0,
                               max_in_flight=args.flows * args.in_flight + 1000,

@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from bench_support import start_test_upstream
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -64,16 +66,6 @@ def answers(port: int, timeout: float = 20.0) -> bool:
             except OSError:
                 time.sleep(0.1)
     return False
-
-
-def start_upstream() -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen([sys.executable, "-m", "dotproxy.testing", "--max-seconds", "1800"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    line = proc.stdout.readline()
-    if not line:
-        proc.kill()
-        raise SystemExit("the test upstream did not start")
-    return proc, json.loads(line)
 
 
 def forwarder_argv(kind: str, port: int, up: dict) -> list[str]:
@@ -153,7 +145,7 @@ def main() -> int:
         raise SystemExit("dnsperf is needed (Debian: apt-get install dnsperf)")
     state = tempfile.mkdtemp(prefix="engine-cpu-")
     names = os.path.join(state, "names.txt")
-    upstream, up = start_upstream()
+    upstream, up = start_test_upstream(max_seconds=1800)
     results: dict[str, list[dict]] = {"minimal": [], "engine": []}
     try:
         for r in range(args.rounds):

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import ssl
-import statistics
 import subprocess
 import sys
 import time
@@ -29,19 +28,9 @@ import dns.message
 from dotproxy import upstream
 from dotproxy.io.loop import loop_factory
 
+from bench_support import start_test_upstream
+
 TARGET_DOT = 20.0
-
-
-def start_test_upstream() -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dotproxy.testing", "--max-seconds", "900"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )
-    line = proc.stdout.readline()
-    if not line:
-        proc.kill()
-        raise SystemExit("the test upstream did not start")
-    return proc, json.loads(line)
 
 
 def queries(prefix: str, count: int) -> list[bytes]:

@@ -20,7 +20,7 @@ from dotproxy.io.loop import loop_factory
 LOOPS = ["asyncio", "uvloop"]
 
 
-async def _warm_up() -> None:
+async def warm_up() -> None:
     # uvloop opens a /dev/null descriptor per loop on its first server or
     # connection; make it exist before any file descriptor snapshot.
     loop = asyncio.get_running_loop()
@@ -57,7 +57,7 @@ def run(loop_kind):
             loop = runner.get_loop()
             assert (loop_kind == "uvloop") == type(loop).__module__.startswith("uvloop")
             loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
-            runner.run(_warm_up())
+            runner.run(warm_up())
             result = runner.run(bounded())
             gc.collect()
             runner.run(asyncio.sleep(0))

@@ -24,10 +24,11 @@ import dns.rdatatype
 import dns.rrset
 
 from dotproxy.engine import Engine, EngineConfig
+from dns_checks import check_answer  # noqa: F401  (re-exported)
 from leaks import assert_nothing_left, fds, server_fds  # noqa: F401  (re-exported)
 from loop_fixtures import now, wait_until  # noqa: F401  (re-exported)
 
-from dotproxy.testing import ANSWER_A, TestUpstream, default_answer
+from dotproxy.testing import TestUpstream, default_answer
 
 EDE_TIMEOUT = 22  # RFC 8914 "No Reachable Authority": the deadline passed
 EDE_NETWORK = 23  # RFC 8914 "Network Error": the upstream could not be reached
@@ -56,19 +57,6 @@ def frame(data: bytes) -> bytes:
 
 def ede_codes(m: dns.message.Message) -> list[int]:
     return [o.code for o in m.options if o.otype == dns.edns.EDE]
-
-
-def check_answer(answer: bytes, query: bytes) -> dns.message.Message:
-    """``answer`` answers ``query``: same ID and question, NOERROR, the test upstream's A record."""
-    q = dns.message.from_wire(query)
-    r = dns.message.from_wire(answer)
-    assert r.id == q.id, (r.id, q.id)
-    assert r.flags & dns.flags.QR
-    assert r.question == q.question, (r.question, q.question)
-    assert r.rcode() == dns.rcode.NOERROR, dns.rcode.to_text(r.rcode())
-    if q.question[0].rdtype == dns.rdatatype.A:
-        assert [rd.address for rrset in r.answer for rd in rrset] == [ANSWER_A]
-    return r
 
 
 def check_error(answer: bytes, query: bytes, rcode: int, ede: int | None = None) -> dns.message.Message:

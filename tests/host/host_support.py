@@ -23,14 +23,11 @@ import struct
 import threading
 import time
 
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdatatype
-
 from dotproxy.io.loop import loop_factory
-from dotproxy.testing import ANSWER_A, TestUpstream
+from dotproxy.testing import TestUpstream
+from dns_checks import check_answer  # noqa: F401  (re-exported)
 from leaks import fds, server_fds
+from loop_fixtures import warm_up
 
 # --------------------------------------------------------------------------- waiting
 
@@ -81,19 +78,6 @@ def unframe(buffer: bytearray) -> list[bytes]:
         out.append(bytes(buffer[2 : 2 + n]))
         del buffer[: 2 + n]
     return out
-
-
-def check_answer(answer: bytes, query: bytes) -> dns.message.Message:
-    """``answer`` answers ``query`` (checked with dnspython): same ID and question, NOERROR, 192.0.2.1."""
-    q = dns.message.from_wire(query)
-    r = dns.message.from_wire(answer)
-    assert r.id == q.id, (r.id, q.id)
-    assert r.flags & dns.flags.QR
-    assert r.question == q.question, (r.question, q.question)
-    assert r.rcode() == dns.rcode.NOERROR, dns.rcode.to_text(r.rcode())
-    if q.question[0].rdtype == dns.rdatatype.A:
-        assert [rd.address for rrset in r.answer for rd in rrset] == [ANSWER_A]
-    return r
 
 
 def answer_problem(answer: bytes, query: bytes) -> str | None:
@@ -221,21 +205,10 @@ def warm_up_loops() -> None:
     uvloop opens a pipe pair for the whole process with its first loop, and libuv starts its
     thread pool on the first address resolution; neither belongs to one engine."""
 
-    async def touch() -> None:
-        loop = asyncio.get_running_loop()
-        srv = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
-        port = srv.sockets[0].getsockname()[1]
-        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
-        transport.close()
-        srv.close()
-        await srv.wait_closed()
-        for _ in range(3):
-            await asyncio.sleep(0)
-
     for use_uvloop in (True, False):
         def main(use_uvloop=use_uvloop) -> None:
             with asyncio.Runner(loop_factory=loop_factory(use_uvloop)) as runner:
-                runner.run(touch())
+                runner.run(warm_up())
 
         t = threading.Thread(target=main, name="warm-up")
         t.start()
