@@ -26,12 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dotproxy import upstream as upstreams_mod
-from dotproxy import wire
+from dotproxy import udpbatch, wire
 from dotproxy.config import parse_upstream_url
 from dotproxy.errors import ConfigError, UpstreamError, UpstreamTimeout
 from dotproxy.flows.flow import Admission, Flow, FlowStats
 from dotproxy.io.suspend import SuspendWatch, suspended_so_far
-from dotproxy.listeners.sockets import TcpListener, UdpListener
+from dotproxy.listeners.sockets import BatchUdpListener, TcpListener, UdpListener, open_batch_udp_socket
 from dotproxy.querylog import QuerySubscriber, SafeSubscriber
 from dotproxy.upstream.base import UpstreamOptions
 
@@ -149,7 +149,7 @@ class Engine:
         self.stats = FlowStats()
         self._admission = Admission(config.max_in_flight)
         self._flows: set[Flow] = set()
-        self._udp: list[UdpListener] = []
+        self._udp: list[UdpListener | BatchUdpListener] = []
         self._tcp: list[TcpListener] = []
         self._udp_transports: list[asyncio.DatagramTransport] = []
         self.addresses: list[tuple[str, int]] = []
@@ -212,8 +212,12 @@ class Engine:
             raise ConfigError(f"cannot listen on TCP {host}:{port}: {e.strerror or e}", where="listen") from e
         port = tcp.server.sockets[0].getsockname()[1]
         try:
-            transport, udp = await loop.create_datagram_endpoint(
-                lambda: UdpListener(self.open_flow, f"udp {host}:{port}"), local_addr=(host, port))
+            if udpbatch.AVAILABLE:  # recvmmsg/sendmmsg: one syscall per batch, not per datagram
+                udp = BatchUdpListener(self.open_flow, f"udp {host}:{port}", open_batch_udp_socket(host, port))
+                transport = udp
+            else:
+                transport, udp = await loop.create_datagram_endpoint(
+                    lambda: UdpListener(self.open_flow, f"udp {host}:{port}"), local_addr=(host, port))
         except OSError as e:
             await tcp.aclose()
             raise ConfigError(f"cannot listen on UDP {host}:{port}: {e.strerror or e}", where="listen") from e

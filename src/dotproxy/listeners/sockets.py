@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 
+from dotproxy import udpbatch
 from dotproxy.flows.flow import Flow
 
 log = logging.getLogger("dotproxy.listeners")
@@ -44,6 +46,124 @@ class UdpListener(asyncio.DatagramProtocol):
             self.flow.close()
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+class BatchUdpListener:
+    """The UDP listener on batched syscalls (Linux): recvmmsg when the socket is readable, and the
+    answers of one loop iteration in one sendmmsg (flushed by ``call_soon``).
+
+    Endpoints handed to the flow are raw sockaddr bytes (opaque to it). A full socket buffer keeps
+    the unsent answers and waits for writability; any other send error drops that one answer.
+    """
+
+    _READS_PER_WAKEUP = 4  # batches read per readable callback before giving the loop back
+
+    def __init__(self, open_flow: FlowFactory, name: str, sock: socket.socket) -> None:
+        self.name = name
+        self.loop = asyncio.get_running_loop()
+        self.sock = sock
+        self._fd = sock.fileno()
+        self._out: list[tuple[bytes, bytes]] = []
+        self._flush_pending = False
+        self._writing = False  # waiting for writability
+        self._closing = False
+        self.send_errors = 0
+        self.recv_errors = 0
+        self.closed = self.loop.create_future()
+        self.flow = open_flow("udp", self._sendto, name=name)
+        self.loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        recv_many = udpbatch.recv_many
+        receive = self.flow.receive
+        for _ in range(self._READS_PER_WAKEUP):
+            try:
+                batch = recv_many(self.sock, udpbatch.MAX_BATCH)
+            except OSError as e:
+                self.recv_errors += 1
+                log.debug("%s: %s", self.name, e)
+                return
+            for data, endpoint in batch:
+                receive(data, endpoint)
+                if self._closing:
+                    return
+            if len(batch) < udpbatch.MAX_BATCH:
+                return
+
+    def _sendto(self, data: bytes, endpoint) -> None:
+        if self._closing:
+            raise ConnectionError("the UDP listener is closed")
+        if type(endpoint) is not bytes:
+            endpoint = udpbatch.tuple_to_endpoint(endpoint)
+        self._out.append((data, endpoint))
+        if not self._flush_pending and not self._writing:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        out = self._out
+        send_many = udpbatch.send_many
+        while out:
+            try:
+                n = send_many(self.sock, out)
+            except OSError as e:  # this answer cannot go (a bad or unreachable endpoint): the others can
+                self.send_errors += 1
+                log.debug("%s: %s", self.name, e)
+                n = 1
+            if n == 0:  # the socket buffer is full: carry on when it drains
+                if not self._writing and not self._closing:
+                    self._writing = True
+                    self.loop.add_writer(self._fd, self._writable)
+                return
+            del out[:n]
+        if self._writing:
+            self._writing = False
+            self.loop.remove_writer(self._fd)
+
+    def _writable(self) -> None:
+        self._flush()
+
+    def close(self) -> None:
+        """Send what is queued (best effort), stop reading, close the socket and the flow."""
+        if self._closing:
+            return
+        self.loop.remove_reader(self._fd)
+        if self._out:
+            self._flush()
+        self._closing = True
+        if self._writing:
+            self.loop.remove_writer(self._fd)
+            self._writing = False
+        self._out.clear()
+        self.flow.close()
+        self.sock.close()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+def open_batch_udp_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to ``host:port`` (the family the address asks for)."""
+    family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
+                                               flags=socket.AI_NUMERICHOST if _numeric(host) else 0)[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _numeric(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            pass
+    return False
 
 
 class TcpConnection(asyncio.Protocol):
