@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import struct
 
@@ -11,7 +13,10 @@ _FAMILY = struct.Struct("=H")  # sa_family_t, host order
 
 
 def tuple_to_endpoint(addr) -> bytes:
-    """``(host, port)`` or ``(host, port, flowinfo, scope_id)`` -> the raw ``struct sockaddr`` bytes."""
+    """``(host, port)`` or ``(host, port, flowinfo, scope_id)`` -> the raw ``struct sockaddr`` bytes
+    (``None``, an unnamed peer such as a socketpair's, -> ``b""``: send to the connected peer)."""
+    if not addr:
+        return b""
     host = addr[0]
     if ":" in host:
         flowinfo = addr[2] if len(addr) > 2 else 0
@@ -22,7 +27,12 @@ def tuple_to_endpoint(addr) -> bytes:
 
 
 def endpoint_to_tuple(endpoint: bytes):
-    """Raw ``struct sockaddr`` bytes -> ``(host, port)`` (IPv4) or ``(host, port, flowinfo, scope_id)`` (IPv6)."""
+    """Raw ``struct sockaddr`` bytes -> ``(host, port)`` (IPv4) or ``(host, port, flowinfo, scope_id)`` (IPv6);
+    ``b""`` -> ``None``. ``OSError(EINVAL)`` for anything else, as the kernel would say."""
+    if not endpoint:
+        return None
+    if len(endpoint) < 16:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
     family = _FAMILY.unpack_from(endpoint)[0]
     if family == socket.AF_INET6:
         port, flowinfo = struct.unpack_from("!HI", endpoint, 2)
@@ -30,7 +40,7 @@ def endpoint_to_tuple(endpoint: bytes):
         return socket.inet_ntop(socket.AF_INET6, endpoint[8:24]), port, flowinfo, scope_id
     if family == socket.AF_INET:
         return socket.inet_ntoa(endpoint[4:8]), struct.unpack_from("!H", endpoint, 2)[0]
-    raise ValueError(f"unsupported address family {family}")
+    raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
 
 
 def recv_many(sock: socket.socket, max: int = MAX_BATCH) -> list:
@@ -54,12 +64,15 @@ def send_many(sock: socket.socket, items: list) -> int:
         if not isinstance(data, bytes) or not isinstance(endpoint, bytes):
             raise TypeError("send_many wants (bytes, endpoint bytes) pairs")
         try:
-            sock.sendto(data, endpoint_to_tuple(endpoint))
+            if endpoint:
+                sock.sendto(data, endpoint_to_tuple(endpoint))
+            else:
+                sock.send(data)
         except (BlockingIOError, InterruptedError):
             return done
         except OSError:
             if done:
-                return done
+                return done  # met again on the next call
             raise
         done += 1
     return done

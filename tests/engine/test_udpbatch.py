@@ -1,0 +1,186 @@
+"""recv_many/send_many (dotproxy.udpbatch): the recvmmsg/sendmmsg extension and its Python twin run the
+same tests; then the batched UDP listener's back-pressure path (a full socket buffer) under both loops."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from dotproxy import _udpbatch_py, udpbatch
+from dotproxy.listeners.sockets import BatchUdpListener
+
+try:
+    from dotproxy import _udpbatch as _udpbatch_c
+except ImportError:  # pragma: no cover - not Linux, or the extension is not built
+    _udpbatch_c = None
+
+IMPLS = [pytest.param(_udpbatch_py, id="py"),
+         pytest.param(_udpbatch_c, id="c", marks=pytest.mark.skipif(_udpbatch_c is None, reason="not built"))]
+
+
+def _pair(family: int, host: str):
+    a = socket.socket(family, socket.SOCK_DGRAM)
+    b = socket.socket(family, socket.SOCK_DGRAM)
+    for s in (a, b):
+        s.bind((host, 0))
+        s.setblocking(False)
+    return a, b
+
+
+def _wait_readable(sock, timeout: float = 2.0) -> None:
+    import select
+
+    assert select.select([sock], [], [], timeout)[0], "nothing arrived"
+
+
+def _recv_all(impl, sock, expected: int) -> list:
+    got = []
+    while len(got) < expected:
+        _wait_readable(sock)
+        got += impl.recv_many(sock, impl.MAX_BATCH)
+    return got
+
+
+@pytest.fixture(params=[(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")], ids=["ipv4", "ipv6"])
+def pair(request):
+    family, host = request.param
+    try:
+        a, b = _pair(family, host)
+    except OSError:  # pragma: no cover
+        pytest.skip(f"{host} unavailable")
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_round_trip_and_endpoints(impl, pair):
+    a, b = pair
+    assert impl.recv_many(a, 64) == []  # nothing waits: no error, no wait
+    b.sendto(b"query-1", a.getsockname())
+    b.sendto(b"query-2", a.getsockname())
+    got = _recv_all(impl, a, 2)
+    assert [d for d, _ in got] == [b"query-1", b"query-2"]
+    endpoint = got[0][1]
+    assert endpoint == _udpbatch_py.tuple_to_endpoint(b.getsockname())
+    assert _udpbatch_py.endpoint_to_tuple(endpoint)[:2] == b.getsockname()[:2]
+    assert impl.send_many(a, [(b"answer-1", endpoint), (b"answer-2", endpoint)]) == 2
+    assert [d for d, _ in _recv_all(impl, b, 2)] == [b"answer-1", b"answer-2"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_max_and_more_than_one_batch(impl, pair):
+    a, b = pair
+    endpoint = _udpbatch_py.tuple_to_endpoint(a.getsockname())
+    items = [(b"m%03d" % i, endpoint) for i in range(150)]  # > 64: the extension sends in chunks
+    assert impl.send_many(b, items) == 150
+    _wait_readable(a)
+    first = impl.recv_many(a, 3)
+    assert [d for d, _ in first] == [b"m000", b"m001", b"m002"]
+    rest = _recv_all(impl, a, 147)
+    assert [d for d, _ in first + rest] == [d for d, _ in items]
+    assert len(impl.recv_many(a, 1000)) == 0  # max above MAX_BATCH is clamped, not an error
+    assert impl.recv_many(a, 0) == []
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_large_datagrams_are_never_truncated(impl, pair):
+    a, b = pair
+    big = bytes(range(256)) * 250 + b"end"  # 64,003 bytes
+    endpoint = _udpbatch_py.tuple_to_endpoint(a.getsockname())
+    assert impl.send_many(b, [(big, endpoint), (b"small", endpoint)]) == 2
+    got = _recv_all(impl, a, 2)
+    assert [d for d, _ in got] == [big, b"small"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_errors(impl, pair):
+    a, b = pair
+    good = _udpbatch_py.tuple_to_endpoint(a.getsockname())
+    with pytest.raises(TypeError):
+        impl.send_many(b, [(b"x", a.getsockname())])  # endpoints are sockaddr bytes, not tuples
+    bad = b"\x02\x00"  # too short for any address
+    with pytest.raises(OSError):
+        impl.send_many(b, [(b"x", bad), (b"y", good)])
+    assert impl.send_many(b, [(b"y", good), (b"x", bad), (b"z", good)]) == 1  # stops before the bad one
+    assert [d for d, _ in _recv_all(impl, a, 1)] == [b"y"]
+    assert impl.send_many(b, []) == 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_full_buffer_returns_how_many_went(impl):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # a peer that does not read fills up
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        items = [(b"z" * 100, b"")] * 2000  # b"": the connected peer
+        sent = impl.send_many(b, items)
+        assert 0 < sent < 2000
+        assert impl.send_many(b, items[sent:]) == 0  # still full: nothing goes, no error
+        got = impl.recv_many(a, 10)
+        assert [d for d, _ in got] == [b"z" * 100] * 10 and got[0][1] == b""
+        assert impl.send_many(b, items[sent:]) > 0  # room again
+
+
+def test_facade():
+    assert udpbatch.IMPLEMENTATION in ("c", "py")
+    assert udpbatch.AVAILABLE == (udpbatch.IMPLEMENTATION == "c") or not udpbatch.AVAILABLE
+    assert udpbatch.endpoint_to_tuple(udpbatch.tuple_to_endpoint(("::1", 53))) == ("::1", 53, 0, 0)
+    assert udpbatch.endpoint_to_tuple(udpbatch.tuple_to_endpoint(("127.0.0.1", 53))) == ("127.0.0.1", 53)
+
+
+class _Flow:
+    def __init__(self, deliver) -> None:
+        self.deliver = deliver
+        self.received: list = []
+        self.closed = False
+
+    def receive(self, data, endpoint) -> None:
+        self.received.append((data, endpoint))
+        self.deliver(b"answer:" + data, endpoint)  # answer at once, as FORMERR or REFUSED do
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_listener_waits_for_writability_when_the_buffer_is_full(run):
+    async def main():
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        a.setblocking(False)
+        b.setblocking(False)
+        flows = []
+
+        def open_flow(kind, deliver, name):
+            flows.append(_Flow(deliver))
+            return flows[-1]
+
+        listener = BatchUdpListener(open_flow, "test", a)
+        flow = flows[0]
+        for i in range(2000):  # more answers than the peer's queue holds
+            flow.deliver(b"%04d" % i, b"")
+        await asyncio.sleep(0.05)
+        assert listener._writing and listener._out  # some wait for the peer to read
+        got = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while len(got) < 2000 and loop.time() < deadline:
+            try:
+                got.append(b.recv(100))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        assert got == [b"%04d" % i for i in range(2000)]  # all of them, in order
+        await asyncio.sleep(0.01)
+        assert not listener._writing and not listener._out
+        b.send(b"q")  # and the reading side works
+        while not flow.received:
+            await asyncio.sleep(0.001)
+        assert flow.received == [(b"q", b"")]
+        listener.close()
+        assert flow.closed and listener.closed.done() and a.fileno() == -1
+        with pytest.raises(ConnectionError):
+            flow.deliver(b"late", b"")
+        b.close()
+
+    run(main)
