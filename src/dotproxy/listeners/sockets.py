@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable
 
@@ -48,6 +49,11 @@ class UdpListener(asyncio.DatagramProtocol):
             self.closed.set_result(None)
 
 
+# DOTPROXY_UDPBATCH_DIRECT=1: send the first answer of a loop iteration at once (uvloop clock ticks).
+# Rig: CPU at 2,000/s back to the DatagramProtocol listener's, but ~8% less QPS per CPU-second at max.
+_DIRECT = os.environ.get("DOTPROXY_UDPBATCH_DIRECT", "0") not in ("", "0")
+
+
 class BatchUdpListener:
     """The UDP listener on batched syscalls (Linux): recvmmsg when the socket is readable, and the
     answers of one loop iteration in one sendmmsg (flushed by ``call_soon``).
@@ -70,6 +76,8 @@ class BatchUdpListener:
         self.send_errors = 0
         self.recv_errors = 0
         self.closed = self.loop.create_future()
+        self._time = self.loop.time
+        self._last_direct = -1.0
         self.flow = open_flow("udp", self._sendto, name=name)
         self.loop.add_reader(self._fd, self._readable)
 
@@ -95,6 +103,19 @@ class BatchUdpListener:
             raise ConnectionError("the UDP listener is closed")
         if type(endpoint) is not bytes:
             endpoint = udpbatch.tuple_to_endpoint(endpoint)
+        if _DIRECT and not self._out and not self._writing:
+            # The first answer of a loop iteration (uvloop's clock ticks per iteration) goes at once: at
+            # low load that saves the extra iteration a call_soon costs; answers after it are batched.
+            now = self._time()
+            if now != self._last_direct:
+                self._last_direct = now
+                try:
+                    if udpbatch.send_many(self.sock, [(data, endpoint)]):
+                        return
+                except OSError as e:
+                    self.send_errors += 1
+                    log.debug("%s: %s", self.name, e)
+                    return
         self._out.append((data, endpoint))
         if not self._flush_pending and not self._writing:
             self._flush_pending = True
