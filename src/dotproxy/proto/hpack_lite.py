@@ -227,13 +227,8 @@ class Decoder:
                 index = b & 0x3F
                 if index == 0x3F:
                     index, pos = _integer(block, pos, index)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, pos = self._string(block, pos)
-                value, pos = self._string(block, pos)
-                header = (name, value)
-                self._insert(name, value)
+                header, pos = self._literal(block, pos, index)
+                self._insert(*header)
                 changed = True
             elif b & 0x20:  # dynamic table size update: only before the first field
                 if fields:
@@ -251,12 +246,7 @@ class Decoder:
                 index = b & 0x0F
                 if index == 0x0F:
                     index, pos = _integer(block, pos, index)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, pos = self._string(block, pos)
-                value, pos = self._string(block, pos)
-                header = (name, value)
+                header, pos = self._literal(block, pos, index)
             fields = True
             list_size += len(header[0]) + len(header[1]) + 32
             if list_size > self._max_list:
@@ -271,6 +261,15 @@ class Decoder:
         if index < 0 or index >= len(self._table):
             raise HpackError(f"index {index + _STATIC_COUNT + 1} is in neither table")
         return self._table[index]
+
+    def _literal(self, block: bytes, pos: int, index: int) -> tuple[tuple[bytes, bytes], int]:
+        """A literal field's name (from the table when ``index``, else a string) and value."""
+        if index:
+            name = self._entry(index)[0]
+        else:
+            name, pos = self._string(block, pos)
+        value, pos = self._string(block, pos)
+        return (name, value), pos
 
     def _string(self, block: bytes, pos: int) -> tuple[bytes, int]:
         if pos >= len(block):
