@@ -204,8 +204,9 @@ async def serve(config: EngineConfig, listen: tuple[str, int], grace: float, *, 
         host, port = await engine.listen(*listen)
         if not ipaddress.ip_address(host).is_loopback:
             log.warning("listening on %s, which is not loopback: anyone who reaches it can use this resolver", host)
+        cache = "not built yet, every query goes upstream" if config.cache else "off"
         log.info("dotproxy listening on %s:%d (UDP and TCP), forwarding to %s; cache %s; %s",
-                 host, port, ", ".join(config.upstreams), "on" if config.cache else "off", loop_name(loop))
+                 host, port, ", ".join(config.upstreams), cache, loop_name(loop))
         tune_gc()
         await stop.wait()
         log.info("shutting down: in-flight queries get %.1fs", grace)
