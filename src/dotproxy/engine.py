@@ -73,7 +73,7 @@ class EngineConfig:
         # Upstream URLs and options fail here, with the config, not when the engine starts.
         for url in self.upstreams:
             parse_upstream_url(url, where="upstreams")
-            UpstreamOptions.from_kwargs(dict(self.upstream_options), where="upstream_options")
+        UpstreamOptions.from_kwargs(dict(self.upstream_options), where="upstream_options")
 
 
 class _Resolution:
@@ -151,7 +151,6 @@ class Engine:
         self._flows: set[Flow] = set()
         self._udp: list[UdpListener | BatchUdpListener] = []
         self._tcp: list[TcpListener] = []
-        self._udp_transports: list[asyncio.DatagramTransport] = []
         self.addresses: list[tuple[str, int]] = []
         self._started = False
         self._stopped = False
@@ -214,16 +213,14 @@ class Engine:
         try:
             if udpbatch.AVAILABLE:  # recvmmsg/sendmmsg: one syscall per batch, not per datagram
                 udp = BatchUdpListener(self.open_flow, f"udp {host}:{port}", open_batch_udp_socket(host, port))
-                transport = udp
             else:
-                transport, udp = await loop.create_datagram_endpoint(
+                _, udp = await loop.create_datagram_endpoint(
                     lambda: UdpListener(self.open_flow, f"udp {host}:{port}"), local_addr=(host, port))
         except OSError as e:
             await tcp.aclose()
             raise ConfigError(f"cannot listen on UDP {host}:{port}: {e.strerror or e}", where="listen") from e
         self._tcp.append(tcp)
         self._udp.append(udp)
-        self._udp_transports.append(transport)
         self.addresses.append((host, port))
         return host, port
 
@@ -237,8 +234,7 @@ class Engine:
             return
         self._started = True
         self._suspend_watch = SuspendWatch(self._suspended_clock())
-        self._suspend_timer = asyncio.get_running_loop().call_later(self.config.suspend_check,
-                                                                    self._check_suspension)
+        self._arm_suspension_check()
 
     # ------------------------------------------------------------ sleep, wake, network changes
 
@@ -286,8 +282,11 @@ class Engine:
                 log.info("the machine was suspended for %.1fs: upstream connections are suspect", slept)
                 self._suspect_all()
         finally:  # a failure above must not end the watch
-            self._suspend_timer = asyncio.get_running_loop().call_later(self.config.suspend_check,
-                                                                        self._check_suspension)
+            self._arm_suspension_check()
+
+    def _arm_suspension_check(self) -> None:
+        self._suspend_timer = asyncio.get_running_loop().call_later(self.config.suspend_check,
+                                                                    self._check_suspension)
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop listening, give in-flight queries ``grace`` seconds, then close everything.
@@ -314,8 +313,8 @@ class Engine:
             await asyncio.gather(*(flow.drain(grace) for flow in flows))
         else:
             await asyncio.gather(*(flow.aclose() for flow in flows))
-        for transport in self._udp_transports:
-            transport.close()
+        for udp in self._udp:
+            udp.close()
         for tcp in self._tcp:
             await tcp.aclose()
         if self._udp:

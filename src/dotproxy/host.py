@@ -354,18 +354,7 @@ class EngineThread:
         closed = threading.Event()
 
         def quiesce(engine: Engine) -> None:
-            pending = [f for f in engine.sleep() if not f.done()]
-            left = [len(pending)]
-
-            def one_closed(_future) -> None:
-                left[0] -= 1
-                if left[0] == 0:
-                    closed.set()
-
-            for future in pending:
-                future.add_done_callback(one_closed)
-            if not pending:
-                closed.set()
+            asyncio.gather(*engine.sleep()).add_done_callback(lambda _: closed.set())
 
         if self._call(quiesce) and not self._on_engine_thread():
             closed.wait(timeout)

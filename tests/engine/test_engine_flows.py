@@ -472,8 +472,8 @@ def test_listen_after_stop_is_refused_and_opens_nothing(run):
                 assert fds() - fds_before == set()
             finally:
                 # whatever it opened: close it so the loop shuts down cleanly
-                for t in engine._udp_transports:
-                    t.close()
+                for udp in engine._udp:
+                    udp.close()
                 for tcp in engine._tcp:
                     await tcp.aclose()
                 await asyncio.sleep(0.01)

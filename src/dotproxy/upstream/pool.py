@@ -159,9 +159,7 @@ class PooledConnection(asyncio.Protocol):
         """Send ``ticket``'s query on this connection; return its query ID here."""
         now = self.loop.time()
         if self._liveness_handle is None and now - self.last_heard() > self.pool.options.quiet_after:
-            self._liveness_armed_at = now
-            self._liveness_handle = self.loop.call_at(now + self.pool.liveness_bound(), self._liveness_check)
-            self.probe(now)
+            self._arm_liveness(now)
         query_id = self.core.send_query(ticket.data, now, ticket.query)
         self.waiters[query_id] = ticket
         self.schedule_flush()
@@ -238,10 +236,14 @@ class PooledConnection(asyncio.Protocol):
         # Whatever it said before the change proves nothing about the path now: check afresh.
         if self._liveness_handle is not None:
             self._liveness_handle.cancel()
+        self._arm_liveness(now)
+        self.schedule_flush()
+
+    def _arm_liveness(self, now: float) -> None:
+        """Ask for a sign of life; silence past the liveness bound retires this connection."""
         self._liveness_armed_at = now
         self._liveness_handle = self.loop.call_at(now + self.pool.liveness_bound(), self._liveness_check)
         self.probe(now)
-        self.schedule_flush()
 
     # ------------------------------------------------------------ timers and writes
 
@@ -411,8 +413,7 @@ class PooledUpstream(Upstream):
         self._pins = frozenset(options.spki_pins)
         self._conns: list[PooledConnection] = []
         self._closing: set[PooledConnection] = set()  # left the pool, transport not yet gone
-        self._dialing = False
-        self._dial_task: asyncio.Task | None = None
+        self._dial_task: asyncio.Task | None = None  # the one dial under way (single-flight)
         self._queue: dict[Ticket, None] = {}  # waiting for a connection with room, oldest first
         self._backoff = Backoff(options.backoff_min, options.backoff_max)
         self._tasks = TaskOwner(f"upstream {self.name}")
@@ -467,6 +468,10 @@ class PooledUpstream(Upstream):
     def connections(self) -> int:
         return len(self._conns)
 
+    @property
+    def _dialing(self) -> bool:
+        return self._dial_task is not None
+
     def quiesce(self) -> list[asyncio.Future]:
         idle = [conn for conn in self._conns if not conn.waiters]
         for conn in idle:
@@ -480,7 +485,6 @@ class PooledUpstream(Upstream):
         if self._dial_task is not None and not self._dial_task.done():
             self._dial_task.cancel()
             self._dial_task = None
-            self._dialing = False
         if self.loop is None:
             return  # never used: nothing open
         now = self.loop.time()
@@ -597,7 +601,6 @@ class PooledUpstream(Upstream):
         self._place(ticket)
 
     def _dial(self) -> None:
-        self._dialing = True
         self._dial_task = self._tasks.spawn(self._connect(), name=f"dial {self.name}")
 
     async def _connect(self) -> None:
@@ -649,7 +652,6 @@ class PooledUpstream(Upstream):
         finally:
             if self._dial_task is asyncio.current_task():  # not a dial cancelled by a network change
                 self._dial_task = None
-                self._dialing = False
                 self._pump()
 
     def check_session(self, transport: asyncio.Transport) -> None:
