@@ -40,6 +40,7 @@ from host_support import (
     ask,
     check_answer,
     frame,
+    join_all,
     make_query,
     unframe,
     upstream_stats,
@@ -134,9 +135,7 @@ def test_start_from_four_threads_at_once_is_one_engine_and_stop_from_two_at_once
     starters = [threading.Thread(target=starter, name=f"starter-{i}") for i in range(4)]
     for t in starters:
         t.start()
-    for t in starters:
-        t.join(10.0)
-    assert not any(t.is_alive() for t in starters), "start() did not return within 10 s"
+    join_all(starters, 10.0, "start() calls")
     assert errors == []
     assert returned_running == [True] * 4, "start() returned before the engine was running"
     made = set(threading.enumerate()) - base.threads
@@ -161,9 +160,7 @@ def test_start_from_four_threads_at_once_is_one_engine_and_stop_from_two_at_once
     stoppers = [threading.Thread(target=stopper, name=f"stopper-{i}") for i in range(2)]
     for t in stoppers:
         t.start()
-    for t in stoppers:
-        t.join(10.0)
-    assert not any(t.is_alive() for t in stoppers), "stop() did not return within 10 s"
+    join_all(stoppers, 10.0, "stop() calls")
     assert errors == []
     assert seen_on_return == [([], {}), ([], {})], f"a stop() returned with something left: {seen_on_return}"
     assert not et.running
