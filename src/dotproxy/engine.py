@@ -34,6 +34,7 @@ from dotproxy.io.suspend import SuspendWatch, suspended_so_far
 from dotproxy.listeners.sockets import BatchUdpListener, TcpListener, UdpListener, open_batch_udp_socket
 from dotproxy.querylog import QuerySubscriber, SafeSubscriber
 from dotproxy.upstream.base import UpstreamOptions
+from dotproxy.upstream.pool import PooledUpstream
 
 log = logging.getLogger("dotproxy.engine")
 
@@ -147,6 +148,8 @@ class Engine:
         self.upstreams = [upstreams_mod.connect(url, ca_file=config.ca_file, **config.upstream_options)
                           for url in config.upstreams]
         self.stats = FlowStats()
+        only = self.upstreams[0] if len(self.upstreams) == 1 else None
+        self._only_pool = only if isinstance(only, PooledUpstream) else None
         self._admission = Admission(config.max_in_flight)
         self._flows: set[Flow] = set()
         self._udp: list[UdpListener | BatchUdpListener] = []
@@ -162,8 +165,16 @@ class Engine:
 
     # ------------------------------------------------------------ resolving
 
-    def resolve(self, data: bytes, query: wire.Query, deadline: float, callback) -> _Resolution:
-        """Ask the upstreams in order; ``callback(answer, error)`` once, unless cancelled first."""
+    def resolve(self, data: bytes, query: wire.Query, deadline: float, callback):
+        """Ask the upstreams in order; ``callback(answer, error)`` once, unless cancelled first.
+
+        Returns a handle with ``cancel()`` and ``upstream`` (the name of the upstream asked)."""
+        if self._only_pool is not None:  # nothing to fall back to: the pool's ticket is the handle
+            try:
+                return self._only_pool.submit(data, callback=callback, deadline=deadline, query=query)
+            except UpstreamError as e:
+                callback(None, e)
+                return None
         resolution = _Resolution(self.upstreams, data, query, deadline, callback)
         resolution.ask(0)
         return resolution

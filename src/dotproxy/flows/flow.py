@@ -14,7 +14,6 @@ only; nothing that happens in one flow reaches another.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +78,25 @@ class Admission:
         self.in_flight -= 1
 
 
+class _FlowQuery:
+    """One query of a flow: what its answer needs, and the handle that cancels it.
+
+    It is also the resolver's callback: one object per query, no closure."""
+
+    __slots__ = ("flow", "data", "query", "endpoint", "deadline", "handle")
+
+    def __init__(self, flow: Flow, data: bytes, query: wire.Query, endpoint, deadline: float) -> None:
+        self.flow = flow
+        self.data = data
+        self.query = query
+        self.endpoint = endpoint
+        self.deadline = deadline
+        self.handle = None
+
+    def __call__(self, answer: bytes | None, error: BaseException | None) -> None:
+        self.flow._resolved(self, answer, error)
+
+
 class Flow:
     """One client conversation (``kind`` "udp" or "tcp") and the owner of its queries in flight."""
 
@@ -97,8 +115,8 @@ class Flow:
         self._stats = stats
         self._on_close = on_close
         self._query_log = query_log  # None: no records are built at all
-        self._in_flight: dict[int, object] = {}  # key -> the resolution's cancel handle
-        self._keys = itertools.count()
+        self._in_flight: dict[_FlowQuery, None] = {}  # an ordered set
+        self._time = asyncio.get_running_loop().time
         self._idle: asyncio.Future | None = None  # set when the last query in flight is answered
         self._buffer = bytearray()  # TCP: bytes of an incomplete message
         self.closed = False
@@ -145,18 +163,17 @@ class Flow:
             self._send(wire.make_error(data, REFUSED, ede=(EDE_NOT_READY, "overloaded")), endpoint, query,
                        "refused")
             return
-        deadline = asyncio.get_running_loop().time() + self._timeout
-        key = next(self._keys)
-        self._in_flight[key] = None
+        deadline = self._time() + self._timeout
+        pending = _FlowQuery(self, data, query, endpoint, deadline)
+        self._in_flight[pending] = None
         try:
-            handle = self._resolve(data, query, deadline, lambda answer, error: self._resolved(
-                key, data, query, endpoint, deadline, answer, error))
+            handle = self._resolve(data, query, deadline, pending)
         except Exception as e:  # a bug must cost this query a SERVFAIL, not the flow or the engine
             log.exception("%s: resolving failed", self.name)
-            self._resolved(key, data, query, endpoint, deadline, None, e)
+            self._resolved(pending, None, e)
             return
-        if key in self._in_flight:  # not answered at once
-            self._in_flight[key] = handle
+        if pending in self._in_flight:  # not answered at once
+            pending.handle = handle
 
     def _answer_error(self, data: bytes, rcode: int, endpoint) -> None:
         try:
@@ -167,12 +184,13 @@ class Flow:
         self._stats.formerr += rcode == FORMERR
         self._send(answer, endpoint, None, "formerr")
 
-    def _resolved(self, key: int, data: bytes, query: wire.Query, endpoint, deadline: float,
-                  answer: bytes | None, error: BaseException | None) -> None:
+    def _resolved(self, pending: _FlowQuery, answer: bytes | None, error: BaseException | None) -> None:
         try:
-            handle = self._in_flight.pop(key)
+            del self._in_flight[pending]
         except KeyError:
             return  # the flow closed first: nothing is delivered
+        handle, pending.handle = pending.handle, None
+        data, query, endpoint = pending.data, pending.query, pending.endpoint
         self._admission.release()
         outcome = "answered"
         if error is not None:
@@ -188,7 +206,7 @@ class Flow:
         else:
             # A failure inside submit() comes before the flow holds the handle: the error names the upstream.
             upstream = getattr(handle, "upstream", None) or getattr(error, "upstream", None)
-            self._send(answer, endpoint, query, outcome, deadline - self._timeout, upstream)
+            self._send(answer, endpoint, query, outcome, pending.deadline - self._timeout, upstream)
         if not self._in_flight and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
@@ -227,7 +245,7 @@ class Flow:
 
     def _record(self, answer: bytes, query: wire.Query | None, outcome: str, started: float | None,
                 upstream: str | None) -> None:
-        latency = 0.0 if started is None else max(0.0, asyncio.get_running_loop().time() - started)
+        latency = 0.0 if started is None else max(0.0, self._time() - started)
         try:
             rcode = wire.scan_response(answer).rcode  # extended by the OPT record's upper bits
         except WireError:  # an error answer to an unreadable query: the header says enough
@@ -246,9 +264,10 @@ class Flow:
         self.closed = True
         self._buffer.clear()
         in_flight, self._in_flight = self._in_flight, {}
-        for handle in in_flight.values():
+        for pending in in_flight:
             self._admission.release()
             self._stats.cancelled += 1
+            handle, pending.handle = pending.handle, None
             if handle is not None:
                 handle.cancel()
         if self._idle is not None and not self._idle.done():

@@ -26,6 +26,7 @@ from dotproxy.errors import ConnectionFailed, TLSVerificationFailed, UpstreamErr
 from dotproxy.io.tls import ResumingContext, check_pins, describe_tls_error
 from dotproxy.tasks import TaskOwner
 from dotproxy.upstream.base import Backoff, Callback, Upstream, UpstreamOptions
+from dotproxy.upstream.deadlines import DeadlineEntry, Deadlines
 
 log = logging.getLogger("dotproxy.upstream")
 
@@ -322,8 +323,8 @@ class PooledConnection(asyncio.Protocol):
         self.abort()
 
 
-class Ticket:
-    """One query's way through a pool, without a task or a future of its own.
+class Ticket(DeadlineEntry):
+    """One query's way through a pool, without a task, a future or a timer of its own.
 
     Placed on a connection (or queued until one has room), moved once to a fresh
     connection if its own dies under it, and finished exactly once: answered,
@@ -331,10 +332,11 @@ class Ticket:
     it from its connection, which orphans the DoT ID or resets the DoH stream.
     """
 
-    __slots__ = ("pool", "data", "query", "callback", "conn", "query_id", "retried", "moves", "done", "_timer")
+    __slots__ = ("pool", "data", "query", "callback", "conn", "query_id", "retried", "moves", "done")
 
     def __init__(self, pool: PooledUpstream, data: bytes, query: wire.Query, deadline: float,
                  callback: Callback) -> None:
+        DeadlineEntry.__init__(self, deadline)
         self.pool = pool
         self.data = data
         self.query = query
@@ -344,14 +346,19 @@ class Ticket:
         self.retried = False  # used its one re-send after a connection died under it
         self.moves = 0  # free moves after REFUSED_STREAM (the server turned it away unseen)
         self.done = False
-        self._timer = pool.loop.call_at(deadline, self._expired)
+        pool._deadlines.add(self)
+
+    @property
+    def upstream(self) -> str:
+        """The name of the upstream asked (for the query log)."""
+        return self.pool.name
 
     def cancel(self) -> None:
         """Give up: nothing is delivered, the connection forgets the query."""
         if self.done:
             return
         self.done = True
-        self._timer.cancel()
+        self.pool._deadlines.remove(self)
         self.callback = None  # nothing is delivered; see _finish
         self._withdraw()
 
@@ -372,7 +379,7 @@ class Ticket:
             self.pool.stats.failures += 1
             self._finish(None, error)
 
-    def _expired(self) -> None:
+    def expired(self) -> None:
         if self.done:
             return
         self._withdraw()
@@ -390,7 +397,7 @@ class Ticket:
         if self.done:
             return
         self.done = True
-        self._timer.cancel()
+        self.pool._deadlines.remove(self)
         # The caller usually holds this ticket (to cancel it) and the callback holds the
         # caller: let go of the callback so that no reference cycle outlives the query.
         callback, self.callback = self.callback, None
@@ -418,6 +425,7 @@ class PooledUpstream(Upstream):
         self._backoff = Backoff(options.backoff_min, options.backoff_max)
         self._tasks = TaskOwner(f"upstream {self.name}")
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: Deadlines | None = None  # every ticket not yet finished, made with the loop
 
     # ------------------------------------------------------------ public API
 
@@ -430,6 +438,7 @@ class PooledUpstream(Upstream):
             query = wire.parse_query(data)
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
+            self._deadlines = Deadlines(self.loop)
         self.stats.queries += 1
         ticket = Ticket(self, data, query, deadline, callback)
         self._place(ticket)
@@ -463,6 +472,8 @@ class PooledUpstream(Upstream):
         if conns:
             await asyncio.wait([c.closed for c in conns], timeout=2.0)
         self._pump()  # queued tickets fail: the upstream is closed
+        if self._deadlines is not None and not self._deadlines.count:
+            self._deadlines.close()  # no timer outlives the pool
 
     @property
     def connections(self) -> int:
