@@ -170,11 +170,7 @@ class Engine:
 
         Returns a handle with ``cancel()`` and ``upstream`` (the name of the upstream asked)."""
         if self._only_pool is not None:  # nothing to fall back to: the pool's ticket is the handle
-            try:
-                return self._only_pool.submit(data, callback=callback, deadline=deadline, query=query)
-            except UpstreamError as e:
-                callback(None, e)
-                return None
+            return self._only_pool.submit_parsed(data, query, deadline, callback)
         resolution = _Resolution(self.upstreams, data, query, deadline, callback)
         resolution.ask(0)
         return resolution
@@ -191,7 +187,9 @@ class Engine:
             if on_close is not None:
                 on_close(flow)
 
-        flow = Flow(kind, self.resolve, deliver, timeout=self.config.timeout, admission=self._admission,
+        # One pooled upstream: flows ask it directly (see resolve()).
+        resolve = self.resolve if self._only_pool is None else self._only_pool.submit_parsed
+        flow = Flow(kind, resolve, deliver, timeout=self.config.timeout, admission=self._admission,
                     stats=self.stats, name=name or f"{kind} flow", on_close=closed, metadata=metadata,
                     query_log=self.query_log)
         self._flows.add(flow)

@@ -27,7 +27,7 @@ from dataclasses import fields
 
 from dotproxy.engine import DEFAULT_UPSTREAMS, Engine, EngineConfig
 from dotproxy.errors import ConfigError
-from dotproxy import querylog
+from dotproxy import compiled, querylog
 from dotproxy.io.loop import loop_factory, loop_name
 from dotproxy.querylog import QueryRecord
 
@@ -205,8 +205,8 @@ async def serve(config: EngineConfig, listen: tuple[str, int], grace: float, *, 
         if not ipaddress.ip_address(host).is_loopback:
             log.warning("listening on %s, which is not loopback: anyone who reaches it can use this resolver", host)
         cache = "not built yet, every query goes upstream" if config.cache else "off"
-        log.info("dotproxy listening on %s:%d (UDP and TCP), forwarding to %s; cache %s; %s",
-                 host, port, ", ".join(config.upstreams), cache, loop_name(loop))
+        log.info("dotproxy listening on %s:%d (UDP and TCP), forwarding to %s; cache %s; %s; per-query path %s",
+                 host, port, ", ".join(config.upstreams), cache, loop_name(loop), compiled.summary())
         tune_gc()
         await stop.wait()
         log.info("shutting down: in-flight queries get %.1fs", grace)

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from dotproxy import wire
 from dotproxy.errors import NOERROR
 
 
-@dataclass(slots=True)
 class AnswerReceived:
     """The event of every transport core: the answer to query ``query_id``, as the client must
     see it (its ID restored), and the round trip it took."""
 
-    query_id: int
-    data: bytes
-    rtt: float
+    __slots__ = ("query_id", "data", "rtt")
+
+    def __init__(self, query_id: int, data: bytes, rtt: float) -> None:
+        self.query_id = query_id
+        self.data = data
+        self.rtt = rtt
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not AnswerReceived:
+            return NotImplemented
+        return (self.query_id, self.data, self.rtt) == (other.query_id, other.data, other.rtt)
+
+    def __repr__(self) -> str:
+        return f"AnswerReceived(query_id={self.query_id!r}, data={self.data!r}, rtt={self.rtt!r})"
 
 
 def question_of(query: wire.Query) -> tuple:

@@ -50,12 +50,16 @@ class KeepaliveReceived:
     timeout: float
 
 
-@dataclass(slots=True)
 class _Pending:
-    client_id: int
-    question: tuple  # (qname_wire, qtype, qclass) of the query, lower-cased
-    strip_opt: bool  # we added the OPT: the client gets none back
-    sent_at: float
+    """What an answer needs from its query."""
+
+    __slots__ = ("client_id", "question", "strip_opt", "sent_at")
+
+    def __init__(self, client_id: int, question: tuple, strip_opt: bool, sent_at: float) -> None:
+        self.client_id = client_id
+        self.question = question  # (qname_wire, qtype, qclass) of the query, lower-cased
+        self.strip_opt = strip_opt  # we added the OPT: the client gets none back
+        self.sent_at = sent_at
 
 
 class StreamClient:

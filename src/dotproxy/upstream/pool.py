@@ -59,16 +59,14 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
-class PooledConnection(asyncio.Protocol):
-    """The transport glue shared by pooled connections: writes batched per loop
-    iteration, idle close, the liveness check of reused connections.
+class PooledConnection:
+    """The transport glue shared by pooled connections (an asyncio protocol): writes
+    batched per loop iteration, idle close, the liveness check of reused connections.
 
-    Subclasses hold a sans-IO core with ``send_query``/``cancel``/``receive_data``/
-    ``data_to_send``/``connection_lost``/``last_received`` and turn its events
-    into results for ``self.waiters``.
+    Subclasses hold a sans-IO core (``self.core``) with ``send_query``/``cancel``/
+    ``receive_data``/``data_to_send``/``connection_lost``/``last_received`` and turn
+    its events into results for ``self.waiters``.
     """
-
-    core: object
 
     def __init__(self, pool: PooledUpstream, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
@@ -126,6 +124,13 @@ class PooledConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # close our side too
 
+    def pause_writing(self) -> None:
+        """The server reads slower than we write: queries wait in the transport's buffer
+        (bounded by max_outstanding per connection)."""
+
+    def resume_writing(self) -> None:
+        pass
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.ready = False
         for handle in (self._idle_handle, self._liveness_handle, self._close_handle):
@@ -159,7 +164,7 @@ class PooledConnection(asyncio.Protocol):
     def submit(self, ticket: Ticket) -> int:
         """Send ``ticket``'s query on this connection; return its query ID here."""
         now = self.loop.time()
-        if self._liveness_handle is None and now - self.last_heard() > self.pool.options.quiet_after:
+        if self._liveness_handle is None and now - self.last_heard() > self.pool._quiet_after:
             self._arm_liveness(now)
         query_id = self.core.send_query(ticket.data, now, ticket.query)
         self.waiters[query_id] = ticket
@@ -336,7 +341,10 @@ class Ticket(DeadlineEntry):
 
     def __init__(self, pool: PooledUpstream, data: bytes, query: wire.Query, deadline: float,
                  callback: Callback) -> None:
-        DeadlineEntry.__init__(self, deadline)
+        # DeadlineEntry's fields, set here: a call to its __init__ per query costs more than this.
+        self.deadline = deadline
+        self._prev = self._next = None
+        self._listed = False
         self.pool = pool
         self.data = data
         self.query = query
@@ -408,9 +416,9 @@ class Ticket(DeadlineEntry):
 
 
 class PooledUpstream(Upstream):
-    """An upstream served by a pool of :class:`PooledConnection` to one server."""
+    """An upstream served by a pool of :class:`PooledConnection` to one server
+    (subclasses name theirs: ``connection_class``)."""
 
-    connection_class: type[PooledConnection]
     #: A server that keeps refusing streams (overloaded) gets a query this many times at most.
     MAX_REFUSED_MOVES = 3
 
@@ -423,6 +431,11 @@ class PooledUpstream(Upstream):
         self._dial_task: asyncio.Task | None = None  # the one dial under way (single-flight)
         self._queue: dict[Ticket, None] = {}  # waiting for a connection with room, oldest first
         self._backoff = Backoff(options.backoff_min, options.backoff_max)
+        # Read on every query: kept as plain numbers (C fields when compiled).
+        self._quiet_after = options.quiet_after
+        self._max_outstanding = options.max_outstanding
+        self._spread_at = options.spread_at
+        self._pool_size = options.pool_size
         self._tasks = TaskOwner(f"upstream {self.name}")
         self.loop: asyncio.AbstractEventLoop | None = None
         self._deadlines: Deadlines | None = None  # every ticket not yet finished, made with the loop
@@ -436,6 +449,14 @@ class PooledUpstream(Upstream):
         deadline = self._deadline(deadline)
         if query is None:
             query = wire.parse_query(data)
+        return self.submit_parsed(data, query, deadline, callback)
+
+    def submit_parsed(self, data: bytes, query: wire.Query, deadline: float, callback: Callback) -> Ticket | None:
+        """:meth:`submit` for a caller that parsed the query and knows its deadline (a flow, on
+        every query): all arguments given, and a closed upstream says so through ``callback``."""
+        if self._closed:
+            callback(None, ConnectionFailed("upstream is closed", upstream=self.name))
+            return None
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
             self._deadlines = Deadlines(self.loop)
@@ -508,12 +529,15 @@ class PooledUpstream(Upstream):
     def _pick(self, fresh: bool, now: float) -> PooledConnection | None:
         """The least loaded usable connection with room; with ``fresh``, only one heard from lately."""
         best = None
-        quiet_after = self.options.quiet_after
+        best_load = 0
+        quiet_after = self._quiet_after
         for conn in self._conns:
-            if conn.usable and conn.load < self.capacity(conn) and (best is None or conn.load < best.load):
+            load = len(conn.waiters)
+            if (best is None or load < best_load) and conn.usable and load < self.capacity(conn):
                 if fresh and now - conn.last_heard() > quiet_after:
                     continue
                 best = conn
+                best_load = load
         return best
 
     def _make_room(self) -> None:
@@ -523,7 +547,7 @@ class PooledUpstream(Upstream):
             min(idle, key=lambda c: c.last_heard()).abort()
 
     def capacity(self, conn: PooledConnection) -> int:
-        return self.options.max_outstanding
+        return self._max_outstanding
 
     def refusing(self, now: float) -> UpstreamError | None:
         """Hook: an error to fail new queries with at once (DoH after a 429)."""
@@ -562,8 +586,8 @@ class PooledUpstream(Upstream):
         self._pump()
 
     def _submit_on(self, conn: PooledConnection, ticket: Ticket, now: float) -> None:
-        if (conn.load + 1 >= self.options.spread_at and len(self._conns) < self.options.pool_size
-                and not self._dialing and self._backoff.blocking(now) is None):
+        if (len(conn.waiters) + 1 >= self._spread_at and len(self._conns) < self._pool_size
+                and self._dial_task is None and self._backoff.blocking(now) is None):
             self._dial()  # this one is getting busy: open another beside it
         try:
             ticket.query_id = conn.submit(ticket)
@@ -587,7 +611,7 @@ class PooledUpstream(Upstream):
                     for t in tickets:
                         t.failed(error)
                     return
-                room = len(self._conns) < self.options.pool_size and not self._dialing
+                room = len(self._conns) < self._pool_size and not self._dialing
                 if ticket.retried and not room and not self._dialing:
                     self._make_room()
                 elif room:

@@ -1,0 +1,24 @@
+# C declarations for sockets.py (compiled by Cython when built; the .py runs as it is otherwise).
+cimport cython
+
+
+cdef class BatchUdpListener:
+    cdef public object name
+    cdef public object loop
+    cdef public object sock
+    cdef public int _fd
+    cdef public list _out
+    cdef public bint _flush_pending
+    cdef public bint _writing
+    cdef public bint _closing
+    cdef public Py_ssize_t send_errors
+    cdef public Py_ssize_t recv_errors
+    cdef public object closed
+    cdef public object _time
+    cdef public double _last_direct
+    cdef public object flow
+
+    cpdef _readable(self)
+    cpdef _sendto(self, data, endpoint)
+    @cython.locals(n=Py_ssize_t)
+    cpdef _flush(self)
