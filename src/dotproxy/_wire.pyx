@@ -57,11 +57,6 @@ _init_byte_class()
 cdef class Edns:
     """The EDNS(0) OPT record of a message."""
 
-    cdef readonly int udp_size
-    cdef readonly bint do
-    cdef readonly int version
-    cdef readonly list options
-
     def __init__(self, int udp_size, bint do, int version, list options):
         self.udp_size = udp_size
         self.do = do
@@ -77,17 +72,6 @@ cdef class Edns:
 
 cdef class Query:
     """What the forwarder needs to know of a query, read in one pass."""
-
-    cdef readonly int id
-    cdef readonly int opcode
-    cdef readonly bint rd
-    cdef readonly bint cd
-    cdef readonly bint ad
-    cdef readonly bytes qname_wire
-    cdef readonly int qtype
-    cdef readonly int qclass
-    cdef readonly object edns
-    cdef object _qname
 
     @property
     def qname(self):
@@ -109,22 +93,12 @@ cdef class Query:
 cdef class ResponseInfo:
     """What the forwarder needs to know of a response, read in one pass."""
 
-    cdef readonly int id
-    cdef readonly int rcode
-    cdef readonly bint tc
-    cdef readonly bint aa
-    cdef readonly bint ra
-    cdef readonly bint ad
-    cdef readonly object qname
-    cdef readonly object qname_wire
-    cdef readonly object qtype
-    cdef readonly object qclass
-    cdef readonly int qdcount
-    cdef readonly int ancount
-    cdef readonly int nscount
-    cdef readonly int arcount
-    cdef readonly object min_ttl
-    cdef readonly object edns
+    @property
+    def qname(self):
+        # Built on first use, as Query's: forwarding compares qname_wire only.
+        if self._qname is None and self.qname_wire is not None:
+            self._qname = _name_text(self.qname_wire)
+        return self._qname
 
     def __repr__(self):
         return (
@@ -485,7 +459,6 @@ def scan_response(data):
             result = negative if negative < min_answer else min_answer
     if qdcount:
         info.qname_wire = _name_bytes(name)
-        info.qname = _name_text(info.qname_wire)
     info.id = _u16(p)
     info.rcode = rcode
     info.tc = (p[2] & 0x02) != 0
@@ -507,8 +480,9 @@ cdef bytes _name_bytes(const uint8_t* name):
     return PyBytes_FromStringAndSize(<const char*>name, name_len)
 
 
-def set_id(data, id):
-    """The message with its ID replaced by ``id``."""
+def set_id(data, id, *, bint strip_opt=False):
+    """The message with its ID replaced by ``id``; with ``strip_opt``, also without its
+    OPT record, as :func:`strip_opt` (one copy for both: an answer on its way to a client)."""
     cdef bytes b = _as_bytes(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
     cdef bytes out
@@ -521,6 +495,9 @@ def set_id(data, id):
     out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), n)
     o = <uint8_t*>PyBytes_AS_STRING(out)
     _put16(o, <uint16_t>id)
+    if strip_opt:
+        # Walked with the new ID in place: a compression pointer into the header reads it.
+        return _strip_opt(out)
     return out
 
 
@@ -682,6 +659,48 @@ def truncate(response, max_size_value):
 def pad(query, block_value=128, *, bint keepalive=False):
     """RFC 7830 padding to a multiple of ``block`` bytes; see ``dotproxy.wire``."""
     cdef bytes b = _as_bytes(query)
+    cdef bytes out = _padded(b, _block(block_value), keepalive, 0)
+    return b if out is None else out
+
+
+def frame_query(query, id, pad_block=None, *, bint keepalive=False):
+    """The query as one DNS-over-stream frame: see ``dotproxy.wire``."""
+    cdef bytes b = _as_bytes(query)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef bytes out = None
+    cdef uint8_t* w
+    cdef Py_ssize_t block
+    if n < 12:
+        _fail("short header")
+    id = PyNumber_Index(id)
+    if not 0 <= id <= 0xFFFF:
+        raise ValueError(f"DNS message ID out of range: {id}")
+    if pad_block is not None:
+        block = _block(pad_block)
+        try:
+            out = _padded(b, block, keepalive, 2)
+        except ValueError:  # no room to pad (or not a message pad() can walk): it goes unpadded
+            out = None
+    if out is None:
+        if n > 0xFFFF:
+            raise ValueError(f"message too long for a stream frame: {n} bytes")
+        out = PyBytes_FromStringAndSize(NULL, n + 2)
+        memcpy(<uint8_t*>PyBytes_AS_STRING(out) + 2, PyBytes_AS_STRING(b), n)
+    w = <uint8_t*>PyBytes_AS_STRING(out)
+    _put16(w, <uint16_t>(PyBytes_GET_SIZE(out) - 2))
+    _put16(w + 2, <uint16_t>id)
+    return out
+
+
+cdef Py_ssize_t _block(object block_value) except -1:
+    block_value = PyNumber_Index(block_value)
+    if block_value < 1:
+        raise ValueError(f"padding block must be positive: {block_value}")
+    return 0x20000 if block_value > 0x20000 else block_value  # past 65535 every block pads too far
+
+
+cdef bytes _padded(bytes b, Py_ssize_t block, bint keepalive, Py_ssize_t prefix):
+    """pad()'s result with ``prefix`` spare bytes in front; None where pad() leaves the message as it is."""
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
     cdef Layout lay
@@ -691,15 +710,10 @@ def pad(query, block_value=128, *, bint keepalive=False):
     cdef int arcount
     cdef int code
     cdef Py_ssize_t extra = 4 if keepalive else 0  # an empty edns-tcp-keepalive option
-    cdef Py_ssize_t block
-    block_value = PyNumber_Index(block_value)
-    if block_value < 1:
-        raise ValueError(f"padding block must be positive: {block_value}")
-    block = 0x20000 if block_value > 0x20000 else block_value  # past 65535 every block pads too far
     _walk_message(p, n, &lay, NULL, 0)
     if lay.opt_index >= 0 and lay.opt_index != lay.nrecords - 1:
         # Records after the OPT (a TSIG) sign the bytes before them: leave the message alone.
-        return b
+        return None
     kept = 0
     if lay.opt_index >= 0:
         head = lay.opt.rdata - 2  # up to the OPT's RDLENGTH
@@ -713,7 +727,7 @@ def pad(query, block_value=128, *, bint keepalive=False):
         size = head + 2 + kept + extra + 4
     else:
         if lay.nrecords and lay.last_type in (24, 250):
-            return b  # a TSIG or SIG(0) signs what is before it: an OPT after it would break it
+            return None  # a TSIG or SIG(0) signs what is before it: an OPT after it would break it
         arcount = _u16(p + 10) + 1
         if arcount > 0xFFFF:
             raise ValueError("no room for an OPT record: ARCOUNT is full")
@@ -724,8 +738,8 @@ def pad(query, block_value=128, *, bint keepalive=False):
         padding += block
     if size + padding > 0xFFFF:
         raise ValueError("message too large to pad")
-    out = PyBytes_FromStringAndSize(NULL, size + padding)
-    w = <uint8_t*>PyBytes_AS_STRING(out)
+    out = PyBytes_FromStringAndSize(NULL, prefix + size + padding)
+    w = <uint8_t*>PyBytes_AS_STRING(out) + prefix
     memcpy(w, p, head)
     if lay.opt_index >= 0:
         o = head + 2
@@ -757,7 +771,10 @@ def strip_opt(data):
     A message with records after its OPT (a TSIG) is returned unchanged: those
     records sign the bytes before them.
     """
-    cdef bytes b = _as_bytes(data)
+    return _strip_opt(_as_bytes(data))
+
+
+cdef bytes _strip_opt(bytes b):
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
     cdef Layout lay

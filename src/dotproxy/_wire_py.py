@@ -349,14 +349,37 @@ def scan_response(data: bytes) -> ResponseInfo:
     return info
 
 
-def set_id(data: bytes, id: int) -> bytes:  # noqa: A002 - the API's name
-    """The message with its ID replaced by ``id``."""
+def set_id(data: bytes, id: int, *, strip_opt: bool = False) -> bytes:  # noqa: A002 - the API's name
+    """The message with its ID replaced by ``id``; with ``strip_opt``, also without its
+    OPT record, as :func:`strip_opt`."""
     data = _as_bytes(data)
     _check_header(data)
     id = index(id)  # noqa: A001 - the API's name
     if not 0 <= id <= 0xFFFF:
         raise ValueError(f"DNS message ID out of range: {id}")
-    return _U16.pack(id) + data[2:]
+    out = _U16.pack(id) + data[2:]
+    return _strip_opt(out) if strip_opt else out
+
+
+def frame_query(query: bytes, id: int, pad_block: int | None = None, *, keepalive: bool = False) -> bytes:  # noqa: A002
+    """The query as one DNS-over-stream frame: see ``dotproxy.wire``."""
+    query = _as_bytes(query)
+    _check_header(query)
+    id = index(id)  # noqa: A001 - the API's name
+    if not 0 <= id <= 0xFFFF:
+        raise ValueError(f"DNS message ID out of range: {id}")
+    out = query
+    if pad_block is not None:
+        block = index(pad_block)
+        if block < 1:
+            raise ValueError(f"padding block must be positive: {block}")
+        try:
+            out = pad(query, block, keepalive=keepalive)
+        except ValueError:  # no room to pad (or not a message pad() can walk): it goes unpadded
+            out = query
+    if len(out) > 0xFFFF:
+        raise ValueError(f"message too long for a stream frame: {len(out)} bytes")
+    return _U16.pack(len(out)) + _U16.pack(id) + out[2:]
 
 
 def _walk_records(data: bytes) -> tuple[int, list]:
@@ -517,7 +540,10 @@ def strip_opt(data: bytes) -> bytes:
     A message with records after its OPT (a TSIG) is returned unchanged: those
     records sign the bytes before them.
     """
-    data = _as_bytes(data)
+    return _strip_opt(_as_bytes(data))
+
+
+def _strip_opt(data: bytes) -> bytes:
     _qend, records = _walk_records(data)
     if not records or records[-1][0] != TYPE_OPT:
         return data

@@ -379,7 +379,7 @@ class EngineThread:
         if run is None or run.engine is None:
             return {"running": False}
         engine = run.engine
-        snapshot = {"running": True, **asdict(engine.stats), "flows": engine.flows,
+        snapshot = {"running": True, **engine.stats.as_dict(), "flows": engine.flows,
                     "in_flight": engine.in_flight, "dropped_sends": run.dropped_sends, **asdict(engine.lifecycle)}
         snapshot["upstreams"] = [{"name": up.name, **up.stats.as_dict()} for up in list(engine.upstreams)]
         return snapshot

@@ -33,8 +33,17 @@ The API
     SOA must be well formed (MNAME, RNAME, then exactly 20 bytes), else
     ``WireError("bad SOA")``: a cache never takes a TTL from a broken record.
 
-``set_id(data, id) -> bytes``
-    The message with its ID replaced.
+``set_id(data, id, *, strip_opt=False) -> bytes``
+    The message with its ID replaced; with ``strip_opt``, also as ``strip_opt()``
+    returns it (one copy: an answer on its way to a client that sent no EDNS).
+
+``frame_query(query, id, pad_block=None, *, keepalive=False) -> bytes``
+    The query as one DNS-over-stream frame (RFC 7766): the two-octet length, then
+    the message with its ID replaced by ``id`` and, with ``pad_block``, padded as
+    ``pad(query, pad_block, keepalive=keepalive)`` pads it. Where padding cannot be
+    done (it would pass 65535 bytes, ARCOUNT is full) the message goes unpadded.
+    ``WireError("short header")`` below 12 bytes; ``ValueError`` for an ID out of
+    range, a block below 1, or a message over 65535 bytes.
 
 ``age_ttls(data, seconds) -> bytes``
     Every RR TTL except OPT's lowered by ``seconds``, floored at 0.
@@ -100,6 +109,7 @@ ResponseInfo = _impl.ResponseInfo
 parse_query = _impl.parse_query
 scan_response = _impl.scan_response
 set_id = _impl.set_id
+frame_query = _impl.frame_query
 age_ttls = _impl.age_ttls
 cache_key = _impl.cache_key
 make_error = _impl.make_error
@@ -120,6 +130,7 @@ __all__ = [
     "WireError",
     "age_ttls",
     "cache_key",
+    "frame_query",
     "make_error",
     "pad",
     "parse_query",

@@ -1,6 +1,22 @@
 # C declarations for flow.py (compiled by Cython when built; the .py runs as it is otherwise).
 cimport cython
 
+from dotproxy._wire cimport Query
+
+
+cdef class FlowStats:
+    cdef public Py_ssize_t queries
+    cdef public Py_ssize_t answered
+    cdef public Py_ssize_t servfail
+    cdef public Py_ssize_t formerr
+    cdef public Py_ssize_t refused_overload
+    cdef public Py_ssize_t dropped_unreadable
+    cdef public Py_ssize_t truncated
+    cdef public Py_ssize_t cancelled
+    cdef public Py_ssize_t write_failures
+    cdef public Py_ssize_t flows_opened
+    cdef public Py_ssize_t flows_closed
+
 
 cdef class Admission:
     cdef public Py_ssize_t limit
@@ -27,7 +43,7 @@ cdef class Flow:
     cdef public object _deliver
     cdef public double _timeout
     cdef public Admission _admission
-    cdef public object _stats
+    cdef public FlowStats _stats
     cdef public object _on_close
     cdef public object _query_log
     cdef public dict _in_flight
@@ -38,7 +54,7 @@ cdef class Flow:
 
     @cython.locals(off=Py_ssize_t, n=Py_ssize_t, length=Py_ssize_t)
     cpdef receive(self, data, endpoint=*)
-    @cython.locals(pending=_FlowQuery, deadline=double)
+    @cython.locals(pending=_FlowQuery, deadline=double, query=Query)
     cpdef _query(self, data, endpoint)
     cpdef _resolved(self, _FlowQuery pending, answer, error)
-    cpdef _send(self, answer, endpoint, query, str outcome=*, started=*, upstream=*)
+    cpdef _send(self, answer, endpoint, Query query, str outcome=*, started=*, upstream=*)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from dotproxy import wire
 from dotproxy.errors import FORMERR, REFUSED, SERVFAIL, UpstreamError, UpstreamTimeout, WireError
@@ -44,21 +43,32 @@ class FlowGone(Exception):
     (an embedding host's close() on its way to the engine): the flow closes quietly."""
 
 
-@dataclass(slots=True)
 class FlowStats:
-    """Counters shared by the flows of one engine."""
+    """Counters shared by the flows of one engine (C integers when compiled: several per query)."""
 
-    queries: int = 0
-    answered: int = 0
-    servfail: int = 0
-    formerr: int = 0
-    refused_overload: int = 0
-    dropped_unreadable: int = 0  # not even a header: no answer possible
-    truncated: int = 0
-    cancelled: int = 0  # queries whose flow closed before their answer
-    write_failures: int = 0
-    flows_opened: int = 0
-    flows_closed: int = 0
+    __slots__ = _STAT_NAMES = (
+        "queries",
+        "answered",
+        "servfail",
+        "formerr",
+        "refused_overload",
+        "dropped_unreadable",  # not even a header: no answer possible
+        "truncated",
+        "cancelled",  # queries whose flow closed before their answer
+        "write_failures",
+        "flows_opened",
+        "flows_closed",
+    )
+
+    def __init__(self) -> None:
+        for name in FlowStats._STAT_NAMES:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in FlowStats._STAT_NAMES}
+
+    def __repr__(self) -> str:
+        return "FlowStats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
 
 
 class Admission:

@@ -16,7 +16,7 @@ cdef class BatchUdpListener:
     cdef public object closed
     cdef public object _time
     cdef public double _last_direct
-    cdef public object flow
+    cdef public object flow  # whatever open_flow returns: receive() and close()
 
     cpdef _readable(self)
     cpdef _sendto(self, data, endpoint)

@@ -88,7 +88,7 @@ class BatchUdpListener:
 
     def _readable(self) -> None:
         recv_many = udpbatch.recv_many
-        receive = self.flow.receive
+        flow = self.flow
         for _ in range(self._READS_PER_WAKEUP):
             try:
                 batch = recv_many(self.sock, udpbatch.MAX_BATCH)
@@ -97,7 +97,7 @@ class BatchUdpListener:
                 log.debug("%s: %s", self.name, e)
                 return
             for data, endpoint in batch:
-                receive(data, endpoint)
+                flow.receive(data, endpoint)
                 if self._closing:
                     return
             if len(batch) < udpbatch.MAX_BATCH:

@@ -1,10 +1,12 @@
 # C declarations for answers.py (compiled by Cython when built; the .py runs as it is otherwise).
 
+from dotproxy._wire cimport Query, ResponseInfo
+
 cdef class AnswerReceived:
     cdef public object query_id
     cdef public object data
     cdef public double rtt
 
-cpdef bint answers(info, tuple question) except -1
-cpdef tuple question_of(query)
+cpdef bint answers(ResponseInfo info, tuple question) except -1
+cpdef tuple question_of(Query query)
 cpdef for_client(message, client_id, bint strip_opt)

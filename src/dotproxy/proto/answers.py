@@ -41,5 +41,4 @@ def answers(info: wire.ResponseInfo, question: tuple) -> bool:
 
 def for_client(message: bytes, client_id: int, strip_opt: bool) -> bytes:
     """The answer as the client must see it: its own ID, and no OPT if it sent none."""
-    out = wire.set_id(message, client_id)
-    return wire.strip_opt(out) if strip_opt else out
+    return wire.set_id(message, client_id, strip_opt=strip_opt)

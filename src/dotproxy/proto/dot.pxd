@@ -1,6 +1,8 @@
 # C declarations for dot.py (compiled by Cython when built; the .py runs as it is otherwise).
 cimport cython
 
+from dotproxy._wire cimport Query, ResponseInfo
+
 
 cdef class _Pending:
     cdef public object client_id
@@ -27,5 +29,6 @@ cdef class StreamClient:
     cpdef int _allocate_id(self) except? -1
     @cython.locals(off=Py_ssize_t, n=Py_ssize_t, length=Py_ssize_t, end=Py_ssize_t)
     cpdef list receive_data(self, data, double now)
-    @cython.locals(pending=_Pending)
+    cpdef int send_query(self, data, double now, Query query=*) except? -1
+    @cython.locals(pending=_Pending, info=ResponseInfo, wire_id=int)
     cpdef _answer(self, message, double now, list events)

@@ -22,7 +22,7 @@ from dotproxy.proto.answers import AnswerReceived, answers, for_client, question
 
 _U16_MAX = 0x10000
 # ". IN NS": every resolver answers it at once from its root priming; a probe asks it.
-_PROBE = b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"\x00\x00\x02\x00\x01"  # flags RD .. question
+_PROBE = b"\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"\x00\x00\x02\x00\x01"  # ID 0, RD, ". IN NS"
 
 
 # ----------------------------------------------------------------- events (past tense)
@@ -105,32 +105,22 @@ class StreamClient:
         if query is None:
             query = wire.parse_query(data)
         query_id = self._allocate_id()
-        out = wire.set_id(data, query_id)
-        if self._pad_block:
-            try:
-                out = wire.pad(out, self._pad_block, keepalive=self._keepalive)
-            except ValueError:  # within a block of 64 KiB: it goes unpadded
-                pass
+        frame = wire.frame_query(data, query_id, self._pad_block or None, keepalive=self._keepalive)
         self._pending[query_id] = _Pending(
             query.id,
             question_of(query),
             self._pad_block is not None and query.edns is None,
             now,
         )
-        self._out.append(len(out).to_bytes(2, "big"))
-        self._out.append(out)
+        self._out.append(frame)
         return query_id
 
     def send_probe(self, now: float) -> int:
         """Queue a query whose only purpose is an answer: proof that the connection is alive
         (DoT has no PING). Its answer is dropped quietly."""
         query_id = self._allocate_id()
-        out = query_id.to_bytes(2, "big") + _PROBE
-        if self._pad_block:
-            out = wire.pad(out, self._pad_block, keepalive=self._keepalive)
         self._probes.add(query_id)
-        self._out.append(len(out).to_bytes(2, "big"))
-        self._out.append(out)
+        self._out.append(wire.frame_query(_PROBE, query_id, self._pad_block or None, keepalive=self._keepalive))
         return query_id
 
     def _allocate_id(self) -> int:

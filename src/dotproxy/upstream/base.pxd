@@ -1,10 +1,26 @@
 # C declarations for base.py (compiled by Cython when built; the .py runs as it is otherwise).
 
+cdef class UpstreamStats:
+    cdef public Py_ssize_t queries
+    cdef public Py_ssize_t answers
+    cdef public Py_ssize_t timeouts
+    cdef public Py_ssize_t failures
+    cdef public Py_ssize_t retries
+    cdef public Py_ssize_t dials
+    cdef public Py_ssize_t dial_failures
+    cdef public Py_ssize_t handshakes
+    cdef public Py_ssize_t resumed
+    cdef public Py_ssize_t connections_open
+    cdef public Py_ssize_t late_answers
+    cdef public Py_ssize_t unexpected_answers
+    cdef public Py_ssize_t liveness_failures
+
+
 cdef class Upstream:
     cdef public object url
     cdef public object options
     cdef public object name
-    cdef public object stats
+    cdef public UpstreamStats stats
     cdef public bint _closed
     cdef public object _submitted
     cdef public object srtt

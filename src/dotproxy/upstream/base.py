@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from dotproxy.config import UpstreamURL
 from dotproxy import wire
@@ -86,27 +86,34 @@ def _check_type(name: str, value, default, where: str) -> None:
         raise ConfigError(f"{name} must be {want.__name__}, not {type(value).__name__} {value!r}", where=where)
 
 
-@dataclass(slots=True)
 class UpstreamStats:
-    """Counters of one upstream, for tests, benchmarks and metrics."""
+    """Counters of one upstream, for tests, benchmarks and metrics (C integers when compiled)."""
 
-    queries: int = 0
-    answers: int = 0
-    timeouts: int = 0
-    failures: int = 0
-    retries: int = 0  # transparent re-sends after a connection died under a query
-    dials: int = 0
-    dial_failures: int = 0
-    handshakes: int = 0  # TLS handshakes completed
-    resumed: int = 0  # of which resumed a session
-    connections_open: int = 0
-    late_answers: int = 0  # answers to cancelled queries, dropped
-    unexpected_answers: int = 0  # unknown ID, wrong question, unparsable: dropped
-    liveness_failures: int = 0  # reused connections found dead by silence
-    rtt_samples: list[float] = field(default_factory=list, repr=False)
+    __slots__ = _STAT_NAMES = (
+        "queries",
+        "answers",
+        "timeouts",
+        "failures",
+        "retries",  # transparent re-sends after a connection died under a query
+        "dials",
+        "dial_failures",
+        "handshakes",  # TLS handshakes completed
+        "resumed",  # of which resumed a session
+        "connections_open",
+        "late_answers",  # answers to cancelled queries, dropped
+        "unexpected_answers",  # unknown ID, wrong question, unparsable: dropped
+        "liveness_failures",  # reused connections found dead by silence
+    )
 
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rtt_samples"}
+    def __init__(self) -> None:
+        for name in UpstreamStats._STAT_NAMES:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in UpstreamStats._STAT_NAMES}
+
+    def __repr__(self) -> str:
+        return "UpstreamStats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
 
 
 class Upstream:

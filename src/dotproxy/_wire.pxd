@@ -1,0 +1,41 @@
+# The C wire core's types, for the compiled modules of the per-query path (they read these
+# fields in C); the attributes are declared here, the methods in _wire.pyx.
+
+
+cdef class Edns:
+    cdef readonly int udp_size
+    cdef readonly bint do
+    cdef readonly int version
+    cdef readonly list options
+
+
+cdef class Query:
+    cdef readonly int id
+    cdef readonly int opcode
+    cdef readonly bint rd
+    cdef readonly bint cd
+    cdef readonly bint ad
+    cdef readonly bytes qname_wire
+    cdef readonly int qtype
+    cdef readonly int qclass
+    cdef readonly object edns
+    cdef object _qname
+
+
+cdef class ResponseInfo:
+    cdef readonly int id
+    cdef readonly int rcode
+    cdef readonly bint tc
+    cdef readonly bint aa
+    cdef readonly bint ra
+    cdef readonly bint ad
+    cdef object _qname
+    cdef readonly object qname_wire
+    cdef readonly object qtype
+    cdef readonly object qclass
+    cdef readonly int qdcount
+    cdef readonly int ancount
+    cdef readonly int nscount
+    cdef readonly int arcount
+    cdef readonly object min_ttl
+    cdef readonly object edns
