@@ -6,7 +6,10 @@ cdef class Edns:
     cdef readonly int udp_size
     cdef readonly bint do
     cdef readonly int version
-    cdef readonly list options
+    cdef list _options  # None until read: built from _message[_rdata:_rdend]
+    cdef bytes _message
+    cdef Py_ssize_t _rdata
+    cdef Py_ssize_t _rdend
 
 
 cdef class Query:

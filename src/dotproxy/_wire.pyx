@@ -61,7 +61,34 @@ cdef class Edns:
         self.udp_size = udp_size
         self.do = do
         self.version = version
-        self.options = options
+        self._options = options
+
+    @property
+    def options(self):
+        # Built on first use from the message: a forwarder rarely reads them (an answer's
+        # padding alone would be a copy of hundreds of bytes per answer).
+        if self._options is None:
+            self._options = _opt_options(<const uint8_t*>PyBytes_AS_STRING(self._message), self._rdata, self._rdend)
+            self._message = None
+        return self._options
+
+    def option(self, int code):
+        """The value of the first option with this code, or None."""
+        cdef const uint8_t* p
+        cdef Py_ssize_t off, length
+        if self._options is not None:
+            for c, value in self._options:
+                if c == code:
+                    return value
+            return None
+        p = <const uint8_t*>PyBytes_AS_STRING(self._message)
+        off = self._rdata
+        while off < self._rdend:  # checked by _check_opt when the message was read
+            length = _u16(p + off + 2)
+            if _u16(p + off) == code:
+                return PyBytes_FromStringAndSize(<const char*>p + off + 4, length)
+            off += 4 + length
+        return None
 
     def __repr__(self):
         return (
@@ -279,12 +306,15 @@ cdef list _opt_options(const uint8_t* p, Py_ssize_t off, Py_ssize_t end):
     return options
 
 
-cdef Edns _make_edns(const uint8_t* p, RR* rr):
+cdef Edns _make_edns(bytes message, RR* rr):
     cdef Edns edns = Edns.__new__(Edns)
+    _check_opt(<const uint8_t*>PyBytes_AS_STRING(message), rr.rdata, rr.end)
     edns.udp_size = rr.rclass
     edns.do = (rr.ttl & 0x8000) != 0
     edns.version = (rr.ttl >> 16) & 0xFF
-    edns.options = _opt_options(p, rr.rdata, rr.end)
+    edns._message = message  # options are read from it on first use
+    edns._rdata = rr.rdata
+    edns._rdend = rr.end
     return edns
 
 
@@ -376,7 +406,7 @@ def parse_query(data):
         for i in range(count):
             off = _read_rr(p, n, off, section, edns is not None, &rr)
             if rr.rtype == TYPE_OPT:
-                edns = _make_edns(p, &rr)
+                edns = _make_edns(b, &rr)
     if off != n:
         _fail("trailing data")
     name_len = 1
@@ -433,7 +463,7 @@ def scan_response(data):
             if rr.rtype == TYPE_OPT:
                 opt_seen = True
                 rcode |= (rr.ttl >> 24) << 4
-                info.edns = _make_edns(p, &rr)
+                info.edns = _make_edns(b, &rr)
                 continue
             ttl = 0 if rr.ttl > MAX_TTL else rr.ttl
             if section == 1:

@@ -64,6 +64,13 @@ class Edns:
         self.version = version
         self.options = options
 
+    def option(self, code: int) -> bytes | None:
+        """The value of the first option with this code, or None."""
+        for c, value in self.options:
+            if c == code:
+                return value
+        return None
+
     def __repr__(self) -> str:
         return (
             f"Edns(udp_size={self.udp_size}, do={self.do}, "

@@ -15,8 +15,10 @@ The API
     ``cd``, ``ad`` (bools), ``qname`` (lower-case presentation text, no trailing
     dot, ``"."`` for the root, special bytes escaped as dnspython does),
     ``qname_wire`` (lower-cased uncompressed wire form), ``qtype``, ``qclass`` and
-    ``edns``: ``None`` or an ``Edns`` with ``udp_size``, ``do``, ``version`` and
-    ``options`` (a list of ``(code, bytes)``). Every record after the question is
+    ``edns``: ``None`` or an ``Edns`` with ``udp_size``, ``do``, ``version``,
+    ``options`` (a list of ``(code, bytes)``) and ``option(code)`` (the first
+    option's value with that code, or ``None``; the C core reads it from the
+    message without building ``options``). Every record after the question is
     walked and bounds-checked; an OPT may only appear once, in the additional
     section, owned by the root.
 

@@ -103,3 +103,16 @@ def test_set_id_strips_with_the_new_id_in_place(wire):
     with pytest.raises(WireError):
         wire.set_id(message, 0x22FF, strip_opt=True)
     assert wire.set_id(message, 0x22FF)[:2] == b"\x22\xff"  # without stripping nothing is walked
+
+
+@given(data=messages, code=st.sampled_from([0, 3, 8, 10, 11, 12, 15, 65001]))
+def test_edns_option_is_the_first_option_with_that_code(wire, data, code):
+    try:
+        edns = (wire.parse_query(data) if not data[2] & 0x80 else wire.scan_response(data)).edns
+    except WireError:
+        return
+    if edns is None:
+        return
+    first = edns.option(code)  # before .options is read: the C core reads the message itself
+    assert first == next((value for c, value in edns.options if c == code), None)
+    assert edns.option(code) == first  # and after

@@ -213,8 +213,8 @@ class StreamClient:
         del self._pending[wire_id]
         self.answered += 1
         if info.edns is not None and self._keepalive:
-            for code, value in info.edns.options:
-                if code == wire.OPT_KEEPALIVE and len(value) == 2:  # units of 100 ms
-                    events.append(KeepaliveReceived(((value[0] << 8) | value[1]) / 10))
+            value = info.edns.option(wire.OPT_KEEPALIVE)
+            if value is not None and len(value) == 2:  # units of 100 ms
+                events.append(KeepaliveReceived(((value[0] << 8) | value[1]) / 10))
         events.append(AnswerReceived(wire_id, data, now - pending.sent_at))
 
