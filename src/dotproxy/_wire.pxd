@@ -42,3 +42,8 @@ cdef class ResponseInfo:
     cdef readonly int arcount
     cdef readonly object min_ttl
     cdef readonly object edns
+
+
+# Called on every query and answer by the compiled modules (C calls, no module attribute lookup).
+cpdef parse_query(data)
+cpdef scan_response(data)

@@ -377,7 +377,7 @@ cdef int _walk_message(const uint8_t* p, Py_ssize_t n, Layout* lay, uint8_t* age
 # ---------------------------------------------------------------------- API
 
 
-def parse_query(data):
+cpdef parse_query(data):
     """Read a query; see ``dotproxy.wire`` for the contract."""
     cdef bytes b = _as_bytes(data)
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
@@ -422,7 +422,7 @@ def parse_query(data):
     return q
 
 
-def scan_response(data):
+cpdef scan_response(data):
     """Read a response; see ``dotproxy.wire`` for the contract."""
     cdef bytes b = _as_bytes(data)
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)

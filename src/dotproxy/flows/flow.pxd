@@ -1,7 +1,7 @@
 # C declarations for flow.py (compiled by Cython when built; the .py runs as it is otherwise).
 cimport cython
 
-from dotproxy._wire cimport Query
+from dotproxy._wire cimport Query, parse_query
 
 
 cdef class FlowStats:

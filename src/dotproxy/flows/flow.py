@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 
 from dotproxy import wire
+from dotproxy.wire import parse_query
 from dotproxy.errors import FORMERR, REFUSED, SERVFAIL, UpstreamError, UpstreamTimeout, WireError
 from dotproxy.querylog import QueryRecord
 
@@ -164,7 +165,7 @@ class Flow:
         stats = self._stats
         stats.queries += 1
         try:
-            query = wire.parse_query(data)
+            query = parse_query(data)
         except WireError:
             self._answer_error(data, FORMERR, endpoint)
             return

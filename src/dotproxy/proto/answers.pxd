@@ -3,7 +3,7 @@
 from dotproxy._wire cimport Query, ResponseInfo
 
 cdef class AnswerReceived:
-    cdef public object query_id
+    cdef public int query_id
     cdef public object data
     cdef public double rtt
 

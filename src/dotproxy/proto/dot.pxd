@@ -1,7 +1,8 @@
 # C declarations for dot.py (compiled by Cython when built; the .py runs as it is otherwise).
 cimport cython
 
-from dotproxy._wire cimport Query, ResponseInfo
+from dotproxy._wire cimport Query, ResponseInfo, parse_query, scan_response
+from dotproxy.proto.answers cimport answers, for_client, question_of
 
 
 cdef class _Pending:

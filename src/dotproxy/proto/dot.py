@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from dotproxy import wire
 from dotproxy.errors import WireError
+from dotproxy.wire import parse_query, scan_response
 from dotproxy.proto.answers import AnswerReceived, answers, for_client, question_of
 
 _U16_MAX = 0x10000
@@ -103,7 +104,7 @@ class StreamClient:
         when every message ID is in use.
         """
         if query is None:
-            query = wire.parse_query(data)
+            query = parse_query(data)
         query_id = self._allocate_id()
         frame = wire.frame_query(data, query_id, self._pad_block or None, keepalive=self._keepalive)
         self._pending[query_id] = _Pending(
@@ -181,7 +182,7 @@ class StreamClient:
 
     def _answer(self, message: bytes, now: float, events: list) -> None:
         try:
-            info = wire.scan_response(message)
+            info = scan_response(message)
         except WireError as e:
             self.unexpected_answers += 1
             events.append(UnexpectedAnswerDropped(None, f"malformed answer: {e.reason}"))

@@ -28,8 +28,8 @@ cdef class PooledConnection:
 
     cpdef read_done(self)
     cpdef ack_now(self)
-    @cython.locals(now=double, query_id=int)
-    cpdef int submit(self, Ticket ticket) except? -1
+    @cython.locals(query_id=int)
+    cpdef int submit(self, Ticket ticket, double now) except? -1
     cpdef withdraw(self, int query_id)
     @cython.locals(pool=PooledUpstream)
     cpdef answered(self, double now)

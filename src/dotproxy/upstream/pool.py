@@ -161,9 +161,8 @@ class PooledConnection:
     def usable(self) -> bool:
         return self.ready and not self.draining
 
-    def submit(self, ticket: Ticket) -> int:
-        """Send ``ticket``'s query on this connection; return its query ID here."""
-        now = self.loop.time()
+    def submit(self, ticket: Ticket, now: float) -> int:
+        """Send ``ticket``'s query on this connection (``now``: the loop's time); return its query ID here."""
         if self._liveness_handle is None and now - self.last_heard() > self.pool._quiet_after:
             self._arm_liveness(now)
         query_id = self.core.send_query(ticket.data, now, ticket.query)
@@ -590,7 +589,7 @@ class PooledUpstream(Upstream):
                 and self._dial_task is None and self._backoff.blocking(now) is None):
             self._dial()  # this one is getting busy: open another beside it
         try:
-            ticket.query_id = conn.submit(ticket)
+            ticket.query_id = conn.submit(ticket, now)
         except Exception as e:  # the connection cannot take it (no ID left): a failure of this query only
             ticket.failed(ConnectionFailed(f"cannot send on this connection: {e}", upstream=self.name))
             return

@@ -1,11 +1,13 @@
 # C declarations for stream.py (compiled by Cython when built; the .py runs as it is otherwise).
 cimport cython
 
+from dotproxy.proto.answers cimport AnswerReceived as CAnswerReceived
+from dotproxy.proto.dot cimport StreamClient
 from dotproxy.upstream.pool cimport PooledConnection, PooledUpstream
 
 
 cdef class StreamConnection(PooledConnection):
-    @cython.locals(now=double, pool=PooledUpstream, answered=bint)
+    @cython.locals(now=double, pool=PooledUpstream, answered=bint, core=StreamClient, answer=CAnswerReceived)
     cpdef data_received(self, data)
 
 

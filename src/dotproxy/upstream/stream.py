@@ -34,12 +34,14 @@ class StreamConnection(PooledConnection):
         pool = self.pool
         stats = pool.stats
         answered = False
-        for event in self.core.receive_data(data, now):
+        core = self.core
+        for event in core.receive_data(data, now):
             kind = type(event)
             if kind is AnswerReceived:
                 answered = True
-                self.resolve(event.query_id, event.data)
-                pool._observe_rtt(event.rtt)
+                answer = event  # typed when compiled: its fields are read in C
+                self.resolve(answer.query_id, answer.data)
+                pool._observe_rtt(answer.rtt)
             elif kind is LateAnswerDropped:
                 stats.late_answers += 1
             elif kind is UnexpectedAnswerDropped:
