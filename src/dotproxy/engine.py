@@ -38,6 +38,9 @@ from dotproxy.upstream.pool import PooledUpstream
 
 log = logging.getLogger("dotproxy.engine")
 
+#: The bound on counts in the configuration (queries, connections): they are C integers.
+_MAX_COUNT = 2**31 - 1
+
 DEFAULT_UPSTREAMS = (
     "tls://9.9.9.9:853#dns.quad9.net",
     "tls://1.1.1.1:853#cloudflare-dns.com",
@@ -62,15 +65,16 @@ class EngineConfig:
             raise ConfigError("at least one upstream is needed", where="upstreams")
         if self.timeout <= 0:
             raise ConfigError(f"must be positive, not {self.timeout}", where="timeout")
-        if self.max_in_flight < 1:
-            raise ConfigError(f"must be at least 1, not {self.max_in_flight}", where="max_in_flight")
+        for name in ("max_in_flight", "tcp_max_connections", "tcp_max_pipeline"):
+            value = getattr(self, name)
+            if type(value) is not int:  # not a float, not a bool: the engine keeps these as C integers
+                raise ConfigError(f"must be a whole number, not {type(value).__name__} {value!r}", where=name)
+            if not 1 <= value <= _MAX_COUNT:
+                raise ConfigError(f"must be 1..{_MAX_COUNT}, not {value}", where=name)
         if self.suspend_check <= 0:
             raise ConfigError(f"must be positive, not {self.suspend_check}", where="suspend_check")
         if self.tcp_idle_timeout <= 0:
             raise ConfigError(f"must be positive, not {self.tcp_idle_timeout}", where="tcp_idle_timeout")
-        for name in ("tcp_max_connections", "tcp_max_pipeline"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"must be at least 1, not {getattr(self, name)}", where=name)
         # Upstream URLs and options fail here, with the config, not when the engine starts.
         for url in self.upstreams:
             parse_upstream_url(url, where="upstreams")

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 
+from dotproxy import compiled as _compiled
 from dotproxy._udpbatch_py import endpoint_to_tuple, tuple_to_endpoint  # noqa: F401
 
 try:
-    if os.environ.get("DOTPROXY_PURE_PYTHON", "") not in ("", "0"):
+    if _compiled.PURE_PYTHON:
         raise ImportError("pure Python asked for")
     from dotproxy._udpbatch import MAX_BATCH, recv_many, send_many  # type: ignore[import-not-found]
 

@@ -42,8 +42,9 @@ The API
 ``frame_query(query, id, pad_block=None, *, keepalive=False) -> bytes``
     The query as one DNS-over-stream frame (RFC 7766): the two-octet length, then
     the message with its ID replaced by ``id`` and, with ``pad_block``, padded as
-    ``pad(query, pad_block, keepalive=keepalive)`` pads it. Where padding cannot be
-    done (it would pass 65535 bytes, ARCOUNT is full) the message goes unpadded.
+    ``pad(query, pad_block, keepalive=keepalive)`` pads it (the query walked as it
+    arrived, then its ID replaced). Where padding cannot be done (it would pass 65535
+    bytes, ARCOUNT is full) the message goes unpadded.
     ``WireError("short header")`` below 12 bytes; ``ValueError`` for an ID out of
     range, a block below 1, or a message over 65535 bytes.
 
@@ -85,13 +86,10 @@ long", "name too long", "bad compression pointer", "record runs past the end",
 
 from __future__ import annotations
 
-import os
-
+from dotproxy import compiled as _compiled
 from dotproxy.errors import WireError
 
-_force_py = os.environ.get("DOTPROXY_PURE_PYTHON", "") not in ("", "0")
-
-if _force_py:
+if _compiled.PURE_PYTHON:  # read once, when dotproxy was imported: every module agrees
     from dotproxy import _wire_py as _impl
 
     IMPLEMENTATION = "py"

@@ -2,7 +2,8 @@
 on both implementations, for valid messages, broken ones and random bytes.
 
 ``frame_query(q, id, block, keepalive=k)`` is a DNS-over-stream frame of
-``pad(set_id(q, id), block, keepalive=k)`` (unpadded where pad() refuses), and
+``set_id(pad(q, block, keepalive=k), id)`` (unpadded where pad() refuses: padding walks
+the query as it arrived, as parse_query read it), and
 ``set_id(m, id, strip_opt=True)`` is ``strip_opt(set_id(m, id))``.
 """
 
@@ -33,12 +34,13 @@ def _outcome(fn, *args, **kwargs):
 
 
 def _frame_by_composition(wire, query: bytes, new_id: int, block, keepalive: bool) -> bytes:
-    out = wire.set_id(query, new_id)
+    out = query
     if block is not None:
         try:
             out = wire.pad(out, block, keepalive=keepalive)
         except ValueError:  # WireError included: such a message goes unpadded
             pass
+    out = wire.set_id(out, new_id)
     return struct.pack("!H", len(out)) + out
 
 
@@ -116,3 +118,14 @@ def test_edns_option_is_the_first_option_with_that_code(wire, data, code):
     first = edns.option(code)  # before .options is read: the C core reads the message itself
     assert first == next((value for c, value in edns.options if c == code), None)
     assert edns.option(code) == first  # and after
+
+
+def test_frame_query_pads_the_query_as_it_arrived(wire):
+    """A name that points into the header (offset 0: the ID's high byte) reads differently under
+    another ID: padding walks the query as the client sent it, the ID is replaced afterwards."""
+    query = (bytes.fromhex("0000 0100 0001 0000 0000 0001") + b"\x03www\x07example\x00" + bytes.fromhex("0001 0001")
+             + b"\xc0\x00" + bytes.fromhex("0001 0001 00000000 0004 c0000201"))  # owner: a pointer to offset 0
+    wire.parse_query(query)  # valid as it came: with ID 0, offset 0 reads as the root
+    frame = wire.frame_query(query, 0x1234, 128)
+    assert len(frame) == 2 + 128
+    assert frame == struct.pack("!H", 128) + wire.set_id(wire.pad(query, 128), 0x1234)

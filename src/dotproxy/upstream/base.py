@@ -60,6 +60,8 @@ class UpstreamOptions:
         opts = cls(**options)
         if opts.pool_size < 1 or opts.max_outstanding < 1:
             raise ConfigError("pool_size and max_outstanding must be at least 1", where=where)
+        if opts.pool_size > 1024 or not 1 <= opts.spread_at <= 0xFFFF:
+            raise ConfigError("pool_size must be 1..1024 and spread_at 1..65535", where=where)
         if opts.max_outstanding + opts.max_orphans >= 0xFFFF:
             raise ConfigError("max_outstanding + max_orphans must stay below 65535: a connection has "
                               "65536 message IDs", where=where)
@@ -222,7 +224,8 @@ class Backoff:
 
     def failed(self, now: float, error: UpstreamError) -> None:
         self.failures += 1
-        delay = min(self.maximum, self.minimum * 2 ** (self.failures - 1))
+        # The exponent is capped: 2.0 ** 1024 overflows a float (after 1025 failures in a row).
+        delay = min(self.maximum, self.minimum * 2.0 ** min(self.failures - 1, 64))
         self.until = now + delay * random.uniform(0.5, 1.5)
         self.error = error
 
