@@ -75,8 +75,12 @@ class UdpUpstream(Upstream):
                 protocol = await self._open()
                 transport = protocol.transport
                 # Unpredictable IDs: on one socket they are the only defence against off-path spoofing.
+                # Not one in flight, nor (while there is room) one whose late answer may still come.
+                if len(self._pending) >= 0xFFFF:
+                    raise ConnectionFailed("every DNS message ID is in use", upstream=self.name)
+                avoid_recent = len(self._pending) + len(self._recent) < 0xC000
                 wire_id = secrets.randbits(16)
-                while wire_id in self._pending:
+                while wire_id in self._pending or (avoid_recent and wire_id in self._recent):
                     wire_id = secrets.randbits(16)
                 fut = loop.create_future()
                 if self._closed:
