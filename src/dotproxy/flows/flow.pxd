@@ -26,6 +26,8 @@ cdef class Admission:
     cpdef release(self)
 
 
+@cython.final
+@cython.freelist(256)
 cdef class _FlowQuery:
     cdef public Flow flow
     cdef public object data

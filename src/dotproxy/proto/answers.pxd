@@ -1,7 +1,10 @@
 # C declarations for answers.py (compiled by Cython when built; the .py runs as it is otherwise).
+cimport cython
 
 from dotproxy._wire cimport Query, ResponseInfo
 
+@cython.final
+@cython.freelist(64)
 cdef class AnswerReceived:
     cdef public int query_id
     cdef public object data

@@ -5,6 +5,8 @@ from dotproxy._wire cimport Query, ResponseInfo, parse_query, scan_response
 from dotproxy.proto.answers cimport answers, for_client, question_of
 
 
+@cython.final
+@cython.freelist(256)
 cdef class _Pending:
     cdef public object client_id
     cdef public tuple question

@@ -42,6 +42,7 @@ cdef class PooledConnection:
     cpdef _flush(self)
 
 
+@cython.freelist(256)
 cdef class Ticket(DeadlineEntry):
     cdef public PooledUpstream pool
     cdef public object data
