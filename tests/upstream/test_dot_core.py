@@ -414,3 +414,15 @@ def test_answer_valid_only_with_our_wire_id_is_dropped_not_raised():
     events = c.receive_data(frame(bytes(body)), 1.0)
     assert [type(e) for e in events] == [UnexpectedAnswerDropped] and "malformed" in events[0].reason
     assert c.outstanding == 1  # still waiting for a real answer
+
+
+def test_keepalive_event_comes_once_per_value():
+    """Servers repeat their timeout in every answer: the event comes on the first and on a change."""
+    c = StreamClient()
+    got = []
+    for units in (75, 75, 75, 20, 20):
+        c.send_query(make_query("k.example"), 0.0)
+        (m,) = frames(c.data_to_send())
+        got += [e.timeout for e in c.receive_data(frame(_with_keepalive(default_answer(m), units)), 0.0)
+                if isinstance(e, KeepaliveReceived)]
+    assert got == [7.5, 2.0]

@@ -145,7 +145,7 @@ class Flow:
         if self.closed:
             return
         if self.kind == "udp":
-            self._query(bytes(data), endpoint)
+            self._query(data if type(data) is bytes else bytes(data), endpoint)
             return
         buf = self._buffer
         buf += data

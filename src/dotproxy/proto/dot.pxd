@@ -24,6 +24,7 @@ cdef class StreamClient:
     cdef public list _out
     cdef public bytearray _in
     cdef public object last_received
+    cdef public int _keepalive_units
     cdef public Py_ssize_t late_answers
     cdef public Py_ssize_t unexpected_answers
     cdef public Py_ssize_t answered

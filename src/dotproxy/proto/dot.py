@@ -46,7 +46,8 @@ class UnexpectedAnswerDropped:
 
 @dataclass(slots=True)
 class KeepaliveReceived:
-    """The server's RFC 7828 idle timeout, in seconds (0: close as soon as idle)."""
+    """The server's RFC 7828 idle timeout, in seconds (0: close as soon as idle): on the first
+    answer that carries it, and again whenever it changes (servers repeat it in every answer)."""
 
     timeout: float
 
@@ -76,6 +77,7 @@ class StreamClient:
         self._out: list[bytes] = []
         self._in = bytearray()
         self.last_received: float | None = None
+        self._keepalive_units = -1  # the server's last edns-tcp-keepalive value (none yet)
         self.late_answers = 0
         self.unexpected_answers = 0
         self.answered = 0
@@ -216,6 +218,9 @@ class StreamClient:
         if info.edns is not None and self._keepalive:
             value = info.edns.option(wire.OPT_KEEPALIVE)
             if value is not None and len(value) == 2:  # units of 100 ms
-                events.append(KeepaliveReceived(((value[0] << 8) | value[1]) / 10))
+                units = (value[0] << 8) | value[1]
+                if units != self._keepalive_units:
+                    self._keepalive_units = units
+                    events.append(KeepaliveReceived(units / 10))
         events.append(AnswerReceived(wire_id, data, now - pending.sent_at))
 

@@ -1,4 +1,5 @@
 # C declarations for base.py (compiled by Cython when built; the .py runs as it is otherwise).
+cimport cython
 
 cdef class UpstreamStats:
     cdef public Py_ssize_t queries
@@ -26,6 +27,7 @@ cdef class Upstream:
     cdef public object srtt
     cdef public double rttvar
 
+    @cython.locals(srtt=double)
     cpdef _observe_rtt(self, double rtt)
 
 

@@ -201,8 +201,9 @@ class Upstream:
             self.srtt = rtt
             self.rttvar = rtt / 2
         else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+            srtt = self.srtt  # a C double when compiled: one float object per answer, not five
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(srtt - rtt)
+            self.srtt = 0.875 * srtt + 0.125 * rtt
 
     def liveness_bound(self) -> float:
         """How long a reused, previously silent connection may stay silent before it counts as dead."""

@@ -26,6 +26,7 @@ cdef class PooledConnection:
     cdef public bint _ack_due
     cdef public object core
 
+    cpdef bint usable(self) except -1
     cpdef read_done(self)
     cpdef ack_now(self)
     @cython.locals(query_id=int)

@@ -157,8 +157,8 @@ class PooledConnection:
     def load(self) -> int:
         return len(self.waiters)
 
-    @property
     def usable(self) -> bool:
+        """Whether it takes new queries (a method, not a property: C dispatch when compiled)."""
         return self.ready and not self.draining
 
     def submit(self, ticket: Ticket, now: float) -> int:
@@ -532,7 +532,7 @@ class PooledUpstream(Upstream):
         quiet_after = self._quiet_after
         for conn in self._conns:
             load = len(conn.waiters)
-            if (best is None or load < best_load) and conn.usable and load < self.capacity(conn):
+            if (best is None or load < best_load) and conn.usable() and load < self.capacity(conn):
                 if fresh and now - conn.last_heard() > quiet_after:
                     continue
                 best = conn
