@@ -515,16 +515,9 @@ def set_id(data, id, *, bint strip_opt=False):
     OPT record, as :func:`strip_opt` (one copy for both: an answer on its way to a client)."""
     cdef bytes b = _as_bytes(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
-    cdef bytes out
-    cdef uint8_t* o
-    if n < 12:
-        _fail("short header")
-    id = PyNumber_Index(id)
-    if not 0 <= id <= 0xFFFF:
-        raise ValueError(f"DNS message ID out of range: {id}")
-    out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), n)
-    o = <uint8_t*>PyBytes_AS_STRING(out)
-    _put16(o, <uint16_t>id)
+    cdef uint16_t new_id = _header_and_id(n, id)
+    cdef bytes out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), n)
+    _put16(<uint8_t*>PyBytes_AS_STRING(out), new_id)
     if strip_opt:
         # Walked with the new ID in place: a compression pointer into the header reads it.
         return _strip_opt(out)
@@ -700,11 +693,7 @@ def frame_query(query, id, pad_block=None, *, bint keepalive=False):
     cdef bytes out = None
     cdef uint8_t* w
     cdef Py_ssize_t block
-    if n < 12:
-        _fail("short header")
-    id = PyNumber_Index(id)
-    if not 0 <= id <= 0xFFFF:
-        raise ValueError(f"DNS message ID out of range: {id}")
+    cdef uint16_t new_id = _header_and_id(n, id)
     if pad_block is not None:
         block = _block(pad_block)
         try:
@@ -718,8 +707,18 @@ def frame_query(query, id, pad_block=None, *, bint keepalive=False):
         memcpy(<uint8_t*>PyBytes_AS_STRING(out) + 2, PyBytes_AS_STRING(b), n)
     w = <uint8_t*>PyBytes_AS_STRING(out)
     _put16(w, <uint16_t>(PyBytes_GET_SIZE(out) - 2))
-    _put16(w + 2, <uint16_t>id)
+    _put16(w + 2, new_id)
     return out
+
+
+cdef int _header_and_id(Py_ssize_t n, object id) except -1:
+    """Check a message of ``n`` bytes has a header and ``id`` is a DNS message ID; return the ID."""
+    if n < 12:
+        _fail("short header")
+    id = PyNumber_Index(id)
+    if not 0 <= id <= 0xFFFF:
+        raise ValueError(f"DNS message ID out of range: {id}")
+    return id
 
 
 cdef Py_ssize_t _block(object block_value) except -1:

@@ -360,21 +360,14 @@ def set_id(data: bytes, id: int, *, strip_opt: bool = False) -> bytes:  # noqa: 
     """The message with its ID replaced by ``id``; with ``strip_opt``, also without its
     OPT record, as :func:`strip_opt`."""
     data = _as_bytes(data)
-    _check_header(data)
-    id = index(id)  # noqa: A001 - the API's name
-    if not 0 <= id <= 0xFFFF:
-        raise ValueError(f"DNS message ID out of range: {id}")
-    out = _U16.pack(id) + data[2:]
+    out = _U16.pack(_header_and_id(data, id)) + data[2:]
     return _strip_opt(out) if strip_opt else out
 
 
 def frame_query(query: bytes, id: int, pad_block: int | None = None, *, keepalive: bool = False) -> bytes:  # noqa: A002
     """The query as one DNS-over-stream frame: see ``dotproxy.wire``."""
     query = _as_bytes(query)
-    _check_header(query)
-    id = index(id)  # noqa: A001 - the API's name
-    if not 0 <= id <= 0xFFFF:
-        raise ValueError(f"DNS message ID out of range: {id}")
+    new_id = _header_and_id(query, id)
     out = query
     if pad_block is not None:
         block = index(pad_block)
@@ -386,7 +379,16 @@ def frame_query(query: bytes, id: int, pad_block: int | None = None, *, keepaliv
             out = query
     if len(out) > 0xFFFF:
         raise ValueError(f"message too long for a stream frame: {len(out)} bytes")
-    return _U16.pack(len(out)) + _U16.pack(id) + out[2:]
+    return _U16.pack(len(out)) + _U16.pack(new_id) + out[2:]
+
+
+def _header_and_id(data: bytes, id) -> int:  # noqa: A002 - the API's name
+    """Check ``data`` has a header and ``id`` is a DNS message ID; return the ID."""
+    _check_header(data)
+    id = index(id)  # noqa: A001
+    if not 0 <= id <= 0xFFFF:
+        raise ValueError(f"DNS message ID out of range: {id}")
+    return id
 
 
 def _walk_records(data: bytes) -> tuple[int, list]:
