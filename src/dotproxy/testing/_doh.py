@@ -115,6 +115,7 @@ class DoHConnection(Connection):
         self._processed = 0
         self._goaway_last: int | None = None
         self._goaway_sent = False
+        self._goaway_closing = False  # the GOAWAY is out: closing after GOAWAY_GRACE
         self._limit = DEFAULT_MAX_CONCURRENT_STREAMS
 
     # ------------------------------------------------------------ set-up
@@ -349,8 +350,13 @@ class DoHConnection(Connection):
         self._stats.goaways_sent += 1
         self._write(GoAwayFrame(0, last_stream_id=self._goaway_last, error_code=0).serialize())
 
+    #: After its GOAWAY the server reads on this long before it closes (RFC 9113 section 6.8: frames
+    #: in flight may still arrive). Closing at once, with the client's newest streams unread, sent an
+    #: RST that could reach the client before the GOAWAY and the last answers did.
+    GOAWAY_GRACE = 0.05
+
     def _maybe_finish_goaway(self) -> None:
-        if self._goaway_last is None or self.closing or self.lost:
+        if self._goaway_last is None or self.closing or self.lost or self._goaway_closing:
             return
         for st in self._streams.values():
             if not st.abandoned:
@@ -358,7 +364,8 @@ class DoHConnection(Connection):
         self._flush()
         if not self._goaway_sent:
             self._write_goaway()
-        self.close()
+        self._goaway_closing = True
+        self.call_later(self.GOAWAY_GRACE, self.close)
 
     def _flush(self) -> None:
         conn = self._h2
