@@ -169,12 +169,11 @@ class Engine:
 
     # ------------------------------------------------------------ resolving
 
-    def resolve(self, data: bytes, query: wire.Query, deadline: float, callback):
+    def resolve(self, data: bytes, query: wire.Query, deadline: float, callback) -> _Resolution:
         """Ask the upstreams in order; ``callback(answer, error)`` once, unless cancelled first.
 
-        Returns a handle with ``cancel()`` and ``upstream`` (the name of the upstream asked)."""
-        if self._only_pool is not None:  # nothing to fall back to: the pool's ticket is the handle
-            return self._only_pool.submit_parsed(data, query, deadline, callback)
+        Returns a handle with ``cancel()`` and ``upstream`` (the name of the upstream asked). With
+        one pooled upstream, flows ask its ``submit_parsed`` instead (see :meth:`open_flow`)."""
         resolution = _Resolution(self.upstreams, data, query, deadline, callback)
         resolution.ask(0)
         return resolution
@@ -191,7 +190,7 @@ class Engine:
             if on_close is not None:
                 on_close(flow)
 
-        # One pooled upstream: flows ask it directly (see resolve()).
+        # One pooled upstream: nothing to fall back to, so flows ask it directly (its ticket is the handle).
         resolve = self.resolve if self._only_pool is None else self._only_pool.submit_parsed
         flow = Flow(kind, resolve, deliver, timeout=self.config.timeout, admission=self._admission,
                     stats=self.stats, name=name or f"{kind} flow", on_close=closed, metadata=metadata,
