@@ -2,6 +2,8 @@
 cimport cython
 
 from dotproxy._wire cimport Query, parse_query
+from dotproxy.upstream.base cimport AnswerSink
+from dotproxy.upstream.pool cimport PooledUpstream
 
 
 cdef class FlowStats:
@@ -26,9 +28,7 @@ cdef class Admission:
     cpdef release(self)
 
 
-@cython.final
-@cython.freelist(256)
-cdef class _FlowQuery:
+cdef class _FlowQuery(AnswerSink):  # no freelist: a subtype cannot have one
     cdef public Flow flow
     cdef public object data
     cdef public object query
@@ -36,12 +36,15 @@ cdef class _FlowQuery:
     cdef public double deadline
     cdef public object handle
 
+    cpdef resolved(self, answer, error)
+
 
 cdef class Flow:
     cdef public str kind
     cdef public object name
     cdef public object metadata
     cdef public object _resolve
+    cdef public PooledUpstream _pool
     cdef public object _deliver
     cdef public double _timeout
     cdef public Admission _admission

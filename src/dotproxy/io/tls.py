@@ -15,6 +15,25 @@ from dotproxy.errors import ConfigError, TLSVerificationFailed
 log = logging.getLogger("dotproxy.tls")
 
 
+class _DirectSSLObject(ssl.SSLObject):
+    """An SSLObject whose ``read``, ``write`` and ``pending`` are the C object's own methods.
+
+    uvloop and asyncio call ``read`` once per TLS record (an answer, on DoT) and ``write``
+    once per flush; ``ssl.py``'s wrappers only forward the arguments but cost a Python
+    frame each (profile at max load: ~2% of the proxy's CPU). Same signatures, same
+    results: the wrappers add nothing else.
+    """
+
+    @classmethod
+    def _create(cls, *args, **kwargs):
+        self = super()._create(*args, **kwargs)
+        c = self._sslobj
+        self.read = c.read
+        self.write = c.write
+        self.pending = c.pending
+        return self
+
+
 class ResumingContext(ssl.SSLContext):
     """A client context that offers its upstream's last TLS session on every new connection.
 
@@ -24,6 +43,7 @@ class ResumingContext(ssl.SSLContext):
     """
 
     session: ssl.SSLSession | None = None
+    sslobject_class = _DirectSSLObject
 
     def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):
         return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session or self.session)

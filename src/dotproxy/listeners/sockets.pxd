@@ -1,6 +1,8 @@
 # C declarations for sockets.py (compiled by Cython when built; the .py runs as it is otherwise).
 cimport cython
 
+from dotproxy.flows.flow cimport Flow
+
 
 cdef class BatchUdpListener:
     cdef public object name
@@ -18,6 +20,7 @@ cdef class BatchUdpListener:
     cdef public double _last_direct
     cdef public object flow  # whatever open_flow returns: receive() and close()
 
+    @cython.locals(engine_flow=Flow)
     cpdef _readable(self)
     cpdef _sendto(self, data, endpoint)
     @cython.locals(n=Py_ssize_t)

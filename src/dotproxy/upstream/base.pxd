@@ -1,6 +1,10 @@
 # C declarations for base.py (compiled by Cython when built; the .py runs as it is otherwise).
 cimport cython
 
+cdef class AnswerSink:
+    cpdef resolved(self, answer, error)
+
+
 cdef class UpstreamStats:
     cdef public Py_ssize_t queries
     cdef public Py_ssize_t answers

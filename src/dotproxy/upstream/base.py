@@ -16,6 +16,22 @@ from dotproxy.tasks import TaskOwner
 Callback = Callable[[bytes | None, BaseException | None], None]
 
 
+class AnswerSink:
+    """A callback as an object: ``resolved(answer, None)`` or ``resolved(None, error)``.
+
+    Any :data:`Callback` will do; a subclass of this one (a flow's query) is called as
+    a C method by the compiled pool, where a plain callable costs a Python call per answer.
+    """
+
+    __slots__ = ()
+
+    def resolved(self, answer: bytes | None, error: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def __call__(self, answer: bytes | None, error: BaseException | None) -> None:
+        self.resolved(answer, error)
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamOptions:
     """Tunables of one upstream; ``connect(url, **options)`` takes these names."""

@@ -1,7 +1,7 @@
 # C declarations for pool.py (compiled by Cython when built; the .py runs as it is otherwise).
 cimport cython
 
-from dotproxy.upstream.base cimport Backoff, Upstream
+from dotproxy.upstream.base cimport AnswerSink, Backoff, Upstream
 from dotproxy.upstream.deadlines cimport DeadlineEntry, Deadlines
 
 
@@ -31,6 +31,7 @@ cdef class PooledConnection:
     cpdef ack_now(self)
     @cython.locals(query_id=int)
     cpdef int submit(self, Ticket ticket, double now) except? -1
+    cpdef int send_query(self, Ticket ticket, double now) except? -1
     cpdef withdraw(self, int query_id)
     @cython.locals(pool=PooledUpstream)
     cpdef answered(self, double now)
@@ -43,8 +44,7 @@ cdef class PooledConnection:
     cpdef _flush(self)
 
 
-@cython.freelist(256)
-cdef class Ticket(DeadlineEntry):
+cdef class Ticket(DeadlineEntry):  # no freelist: a subtype cannot have one
     cdef public PooledUpstream pool
     cdef public object data
     cdef public object query
@@ -59,8 +59,12 @@ cdef class Ticket(DeadlineEntry):
     cpdef answered(self, answer)
     cpdef failed(self, error)
     cpdef expired(self)
+    @staticmethod
+    @cython.locals(ticket=Ticket)
+    cdef Ticket start(PooledUpstream pool, data, query, double deadline, callback)
     @cython.locals(conn=PooledConnection)
     cpdef _withdraw(self)
+    @cython.locals(sink=AnswerSink)
     cpdef _finish(self, answer, error)
 
 
