@@ -307,8 +307,8 @@ cdef list _opt_options(const uint8_t* p, Py_ssize_t off, Py_ssize_t end):
 
 
 cdef Edns _make_edns(bytes message, RR* rr):
+    """The Edns of an OPT record whose options ``_check_opt`` has accepted."""
     cdef Edns edns = Edns.__new__(Edns)
-    _check_opt(<const uint8_t*>PyBytes_AS_STRING(message), rr.rdata, rr.end)
     edns.udp_size = rr.rclass
     edns.do = (rr.ttl & 0x8000) != 0
     edns.version = (rr.ttl >> 16) & 0xFF
@@ -406,12 +406,11 @@ cpdef parse_query(data):
         for i in range(count):
             off = _read_rr(p, n, off, section, edns is not None, &rr)
             if rr.rtype == TYPE_OPT:
+                _check_opt(p, rr.rdata, rr.end)
                 edns = _make_edns(b, &rr)
     if off != n:
         _fail("trailing data")
-    name_len = 1
-    while name[name_len - 1] != 0:
-        name_len += name[name_len - 1] + 1
+    name_len = _name_len(name)
     q.id = _u16(p)
     q.opcode = (p[2] >> 3) & 0xF
     q.rd = p[2] & 0x01
@@ -422,48 +421,58 @@ cpdef parse_query(data):
     return q
 
 
-cpdef scan_response(data):
-    """Read a response; see ``dotproxy.wire`` for the contract."""
-    cdef bytes b = _as_bytes(data)
-    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
-    cdef uint8_t name[256]
+cdef struct Scan:
+    int qdcount
+    int ancount
+    int qtype          # of the question; 0 when QDCOUNT is 0
+    int qclass
+    int rcode          # extended by the OPT's upper bits
+    uint32_t min_ttl   # NO_TTL: nothing to cache
+    bint has_opt
+    RR opt
+
+
+cdef int _scan(const uint8_t* p, Py_ssize_t n, Scan* s, uint8_t* name) except -1:
+    """Check a response with scan_response()'s rules, in one walk, and fill ``s``; the
+    question's lower-cased name goes to ``name`` (room for 255 octets) when QDCOUNT is 1.
+    """
     cdef Py_ssize_t off = 12
-    cdef int section, count, i, qdcount, ancount
-    cdef int rcode
-    cdef bint opt_seen = False
+    cdef int section, count, i
     cdef uint32_t ttl, minimum
     cdef uint32_t min_answer = NO_TTL
     cdef uint32_t min_authority = NO_TTL
     cdef uint32_t negative = NO_TTL
     cdef uint32_t result = NO_TTL
+    cdef int rcode
+    cdef bint has_opt = False
     cdef RR rr
-    cdef ResponseInfo info
     if n < 12:
-        _fail("short header")
+        return _fail("short header")
     if not p[2] & 0x80:
-        _fail("not a response")
-    qdcount = _u16(p + 4)
-    ancount = _u16(p + 6)
-    if qdcount > 1:
-        _fail("QDCOUNT above 1")
-    info = ResponseInfo.__new__(ResponseInfo)
-    if qdcount:
+        return _fail("not a response")
+    s.qdcount = _u16(p + 4)
+    s.ancount = _u16(p + 6)
+    if s.qdcount > 1:
+        return _fail("QDCOUNT above 1")
+    s.qtype = 0
+    s.qclass = 0
+    if s.qdcount:
         off = _walk_name(p, n, 12, name)
         if off + 4 > n:
-            _fail("record runs past the end")
-        info.qtype = _u16(p + off)
-        info.qclass = _u16(p + off + 2)
+            return _fail("record runs past the end")
+        s.qtype = _u16(p + off)
+        s.qclass = _u16(p + off + 2)
         off += 4
     rcode = p[3] & 0xF
     for section in range(1, 4):
         count = _u16(p + 4 + 2 * section)
         for i in range(count):
-            off = _read_rr(p, n, off, section, opt_seen, &rr)
+            off = _read_rr(p, n, off, section, has_opt, &rr)
             if rr.rtype == TYPE_OPT:
-                opt_seen = True
+                _check_opt(p, rr.rdata, rr.end)  # here, not later: the first broken record names the error
+                has_opt = True
+                s.opt = rr
                 rcode |= (rr.ttl >> 24) << 4
-                info.edns = _make_edns(b, &rr)
                 continue
             ttl = 0 if rr.ttl > MAX_TTL else rr.ttl
             if section == 1:
@@ -481,33 +490,54 @@ cpdef scan_response(data):
                     if ttl < negative:
                         negative = ttl
     if off != n:
-        _fail("trailing data")
-    if rcode == RCODE_NOERROR and ancount:
+        return _fail("trailing data")
+    if rcode == RCODE_NOERROR and s.ancount:
         result = min_answer if min_answer < min_authority else min_authority
     elif rcode == RCODE_NXDOMAIN or rcode == RCODE_NOERROR:
         if negative != NO_TTL:
             result = negative if negative < min_answer else min_answer
-    if qdcount:
-        info.qname_wire = _name_bytes(name)
+    s.rcode = rcode
+    s.has_opt = has_opt
+    s.min_ttl = result
+    return 0
+
+
+cpdef scan_response(data):
+    """Read a response; see ``dotproxy.wire`` for the contract."""
+    cdef bytes b = _as_bytes(data)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef uint8_t name[256]
+    cdef Scan s
+    cdef ResponseInfo info
+    _scan(p, n, &s, name)
+    info = ResponseInfo.__new__(ResponseInfo)
+    if s.qdcount:
+        info.qname_wire = PyBytes_FromStringAndSize(<const char*>name, _name_len(name))
+        info.qtype = s.qtype
+        info.qclass = s.qclass
+    if s.has_opt:
+        info.edns = _make_edns(b, &s.opt)
     info.id = _u16(p)
-    info.rcode = rcode
+    info.rcode = s.rcode
     info.tc = (p[2] & 0x02) != 0
     info.aa = (p[2] & 0x04) != 0
     info.ra = (p[3] & 0x80) != 0
     info.ad = (p[3] & 0x20) != 0
-    info.qdcount = qdcount
-    info.ancount = ancount
+    info.qdcount = s.qdcount
+    info.ancount = s.ancount
     info.nscount = _u16(p + 8)
     info.arcount = _u16(p + 10)
-    info.min_ttl = None if result == NO_TTL else result
+    info.min_ttl = None if s.min_ttl == NO_TTL else s.min_ttl
     return info
 
 
-cdef bytes _name_bytes(const uint8_t* name):
+cdef inline Py_ssize_t _name_len(const uint8_t* name) noexcept:
+    """Length of an uncompressed wire name (as ``_walk_name`` copies it)."""
     cdef Py_ssize_t name_len = 1
     while name[name_len - 1] != 0:
         name_len += name[name_len - 1] + 1
-    return PyBytes_FromStringAndSize(<const char*>name, name_len)
+    return name_len
 
 
 def set_id(data, id, *, bint strip_opt=False):
