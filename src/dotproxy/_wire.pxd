@@ -52,3 +52,5 @@ cdef class AnswerMatch:
 cpdef parse_query(data)
 cpdef scan_response(data)
 cpdef match_answer(message, Py_ssize_t start, Py_ssize_t end, Query query, bint strip_opt, AnswerMatch match)
+cpdef bytes set_id(data, id, bint strip_opt=*)
+cpdef bytes frame_query(query, id, pad_block=*, bint keepalive=*)

@@ -651,7 +651,7 @@ cpdef match_answer(message, Py_ssize_t start, Py_ssize_t end, Query query, bint 
     return out
 
 
-def set_id(data, id, *, bint strip_opt=False):
+cpdef bytes set_id(data, id, bint strip_opt=False):
     """The message with its ID replaced by ``id``; with ``strip_opt``, also without its
     OPT record, as :func:`strip_opt` (one copy for both: an answer on its way to a client)."""
     cdef bytes b = _as_bytes(data)
@@ -827,7 +827,7 @@ def pad(query, block_value=128, *, bint keepalive=False):
     return b if out is None else out
 
 
-def frame_query(query, id, pad_block=None, *, bint keepalive=False):
+cpdef bytes frame_query(query, id, pad_block=None, bint keepalive=False):
     """The query as one DNS-over-stream frame: see ``dotproxy.wire``."""
     cdef bytes b = _as_bytes(query)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(b)

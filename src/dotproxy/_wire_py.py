@@ -403,7 +403,7 @@ def match_answer(message, start: int, end: int, query: Query, strip_opt: bool, m
     return out
 
 
-def set_id(data: bytes, id: int, *, strip_opt: bool = False) -> bytes:  # noqa: A002 - the API's name
+def set_id(data: bytes, id: int, strip_opt: bool = False) -> bytes:  # noqa: A002 - the API's name
     """The message with its ID replaced by ``id``; with ``strip_opt``, also without its
     OPT record, as :func:`strip_opt`."""
     data = _as_bytes(data)
@@ -411,7 +411,7 @@ def set_id(data: bytes, id: int, *, strip_opt: bool = False) -> bytes:  # noqa: 
     return _strip_opt(out) if strip_opt else out
 
 
-def frame_query(query: bytes, id: int, pad_block: int | None = None, *, keepalive: bool = False) -> bytes:  # noqa: A002
+def frame_query(query: bytes, id: int, pad_block: int | None = None, keepalive: bool = False) -> bytes:  # noqa: A002
     """The query as one DNS-over-stream frame: see ``dotproxy.wire``."""
     query = _as_bytes(query)
     new_id = _header_and_id(query, id)

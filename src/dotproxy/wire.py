@@ -51,12 +51,12 @@ The API
     allocates nothing but the answer it returns; compiled modules ``cimport`` it
     from ``dotproxy._wire``.
 
-``set_id(data, id, *, strip_opt=False) -> bytes``
+``set_id(data, id, strip_opt=False) -> bytes``
     The message with its ID replaced; with ``strip_opt``, also as ``strip_opt()``
     returns it (one copy: an answer on its way to a client that sent no EDNS).
     The strip walks the message with the new ID in place.
 
-``frame_query(query, id, pad_block=None, *, keepalive=False) -> bytes``
+``frame_query(query, id, pad_block=None, keepalive=False) -> bytes``
     The query as one DNS-over-stream frame (RFC 7766): the two-octet length, then
     the message with its ID replaced by ``id`` and, with ``pad_block``, padded as
     ``pad(query, pad_block, keepalive=keepalive)`` pads it (the query walked as it
@@ -93,6 +93,11 @@ The API
 ``strip_opt(data) -> bytes``
     The message without its OPT record: the answer to a client that sent no
     EDNS when we added one upstream (unchanged when records follow the OPT).
+
+``set_id``, ``frame_query``, ``parse_query``, ``scan_response`` and ``match_answer``
+are ``cpdef`` in the C core: compiled modules call them as C functions (their
+arguments may be passed by keyword from Python, but are not keyword-only: Cython
+cannot declare that for a ``cpdef`` function).
 
 Malformed input raises :class:`dotproxy.errors.WireError` and nothing else. Its
 ``reason`` is one of: "short header", "not a query", "not a response",

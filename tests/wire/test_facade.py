@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-FUNCS = ["parse_query", "scan_response", "match_answer", "set_id", "age_ttls", "cache_key",
+FUNCS = ["parse_query", "scan_response", "match_answer", "set_id", "frame_query", "age_ttls", "cache_key",
          "make_error", "truncate", "pad", "strip_opt"]
 CLASSES = ["Query", "Edns", "ResponseInfo", "AnswerMatch"]
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 
 import dns.edns
 import dns.message
@@ -581,3 +583,69 @@ def test_the_other_implementations_objects_are_refused(both):
             mod.match_answer(answer, 0, len(answer), make_query(other, EXAMPLE), False, mod.AnswerMatch())
         with pytest.raises(TypeError):
             mod.match_answer(answer, 0, len(answer), make_query(mod, EXAMPLE), False, other.AnswerMatch())
+
+
+# ------------------------------------------------------------------ set_id and frame_query, cpdef
+
+
+def test_set_id_and_frame_query_take_their_flags_by_position_or_keyword(wire):
+    query = bytes.fromhex("12340100000100000000000003777777076578616d706c6503636f6d0000010001")
+    answer = _pointer_answer(1, qid=0)
+    assert wire.set_id(answer, 0x0900, True) == wire.set_id(answer, 0x0900, strip_opt=True) == \
+        wire.strip_opt(wire.set_id(answer, 0x0900))
+    assert wire.set_id(answer, 5, False) == wire.set_id(answer, 5) == b"\x00\x05" + answer[2:]
+    assert wire.frame_query(query, 9, 128, True) == wire.frame_query(query, 9, 128, keepalive=True)
+    assert wire.frame_query(query, 9, 128, True) != wire.frame_query(query, 9, 128)
+    assert wire.frame_query(query, 9, pad_block=None, keepalive=True) == wire.frame_query(query, 9)
+    assert wire.frame_query(query=query, id=9) == struct.pack("!H", len(query)) + b"\x00\x09" + query[2:]
+    with pytest.raises(TypeError):
+        wire.set_id(answer, 5, True, True)
+    with pytest.raises(TypeError):
+        wire.frame_query(query, 9, 128, True, 1)
+
+
+PROBE = '''
+from dotproxy._wire cimport AnswerMatch, Query, frame_query, match_answer, parse_query, set_id
+
+
+def run(bytes answer, bytes query_wire, bint strip):
+    cdef Query query = parse_query(query_wire)
+    cdef AnswerMatch match = AnswerMatch()
+    out = match_answer(answer, 0, len(answer), query, strip, match)
+    return (out, match.keepalive, set_id(answer, 7), set_id(answer, 7, True),
+            frame_query(query_wire, 9), frame_query(query_wire, 9, 128, True))
+'''
+
+
+def test_a_compiled_module_calls_them_as_c_functions(tmp_path, src_dir):
+    """What proto/dot.py compiled will do: cimport them from _wire.pxd and call them in C."""
+    pytest.importorskip("Cython")
+    import dotproxy._wire as c
+
+    (tmp_path / "cimport_probe.pyx").write_text(PROBE)
+    (tmp_path / "setup.py").write_text(
+        "from setuptools import Extension, setup\nfrom Cython.Build import cythonize\n"
+        f"setup(ext_modules=cythonize([Extension('cimport_probe', ['cimport_probe.pyx'])], include_path=[{src_dir!r}],"
+        " compiler_directives={'language_level': '3'}))\n"
+    )
+    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    generated = (tmp_path / "cimport_probe.c").read_text()
+    for name in ("match_answer", "set_id", "frame_query", "parse_query"):
+        assert f"__pyx_f_8dotproxy_5_wire_{name}(" in generated, f"{name} is not called as a C function"
+    query = bytes.fromhex("12340100000100000000000003777777076578616d706c6503636f6d0000010001")
+    answer = _answer_with_options(dns.edns.GenericOption(11, b"\x00\x64"))
+    code = f"import cimport_probe; print(cimport_probe.run({answer!r}, {query!r}, True))"
+    path = (str(tmp_path), src_dir, os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
+    env.pop("DOTPROXY_PURE_PYTHON", None)
+    ran = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert ran.returncode == 0, ran.stderr
+    match = c.AnswerMatch()
+    expected = (c.match_answer(answer, 0, len(answer), c.parse_query(query), True, match), match.keepalive,
+                c.set_id(answer, 7), c.set_id(answer, 7, strip_opt=True), c.frame_query(query, 9),
+                c.frame_query(query, 9, 128, keepalive=True))
+    assert expected[0] == b"\x12\x34" + answer[2:10] + b"\x00\x00" + answer[12:-17] and expected[1] == 100
+    assert ran.stdout.strip() == repr(expected)
