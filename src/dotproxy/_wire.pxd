@@ -44,6 +44,13 @@ cdef class ResponseInfo:
     cdef readonly object edns
 
 
+cdef class AnswerMatch:
+    cdef public int keepalive  # set by match_answer(): edns-tcp-keepalive in units of 100 ms, or -1
+
+
 # Called on every query and answer by the compiled modules (C calls, no module attribute lookup).
 cpdef parse_query(data)
 cpdef scan_response(data)
+cpdef match_answer(message, Py_ssize_t start, Py_ssize_t end, Query query, bint strip_opt, AnswerMatch match)
+cpdef bytes set_id(data, id, bint strip_opt=*)
+cpdef bytes frame_query(query, id, pad_block=*, bint keepalive=*)

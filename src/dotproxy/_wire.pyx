@@ -7,11 +7,12 @@ hand (the directives above turn Cython's own checks off), so change the two
 files together and run the shared corpus.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Check, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.number cimport PyNumber_Index
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from dotproxy.errors import WireError
 
@@ -171,11 +172,13 @@ cdef bytes _as_bytes(object data):
 # -------------------------------------------------------------------- names
 
 
-cdef Py_ssize_t _walk_name(const uint8_t* p, Py_ssize_t n, Py_ssize_t off, uint8_t* out) except -1:
+cdef Py_ssize_t _walk_name(const uint8_t* p, Py_ssize_t n, Py_ssize_t off, uint8_t* out, bint* into_id) except -1:
     """Validate the name at ``off`` and return the offset after it.
 
     With ``out`` (room for 255 octets) also copy its uncompressed, lower-cased wire
-    form there. The rules are ``_wire_py._read_name``'s.
+    form there. With ``into_id``, set it when a compression pointer lands on offset 0
+    or 1 (the ID: that name reads differently once the ID is replaced). The rules are
+    ``_wire_py._read_name``'s.
     """
     cdef Py_ssize_t limit = off
     cdef Py_ssize_t end = -1
@@ -211,6 +214,8 @@ cdef Py_ssize_t _walk_name(const uint8_t* p, Py_ssize_t n, Py_ssize_t off, uint8
             target = ((length & 0x3F) << 8) | p[off + 1]
             if target >= limit:
                 return _fail("bad compression pointer")
+            if target < 2 and into_id != NULL:
+                into_id[0] = True
             if end < 0:
                 end = off + 2
             limit = target
@@ -267,10 +272,12 @@ cdef struct RR:
     Py_ssize_t end
 
 
-cdef Py_ssize_t _read_rr(const uint8_t* p, Py_ssize_t n, Py_ssize_t off, int section, bint opt_seen, RR* rr) except -1:
-    """Check the record at ``off``, fill ``rr``, return the offset after it."""
+cdef Py_ssize_t _read_rr(const uint8_t* p, Py_ssize_t n, Py_ssize_t off, int section, bint opt_seen, RR* rr,
+                         bint* into_id) except -1:
+    """Check the record at ``off``, fill ``rr``, return the offset after it (``into_id`` as
+    ``_walk_name``'s, for the owner name)."""
     rr.start = off
-    off = _walk_name(p, n, off, NULL)
+    off = _walk_name(p, n, off, NULL, into_id)
     if off + 10 > n:
         return _fail("record runs past the end")
     rr.rtype = _u16(p + off)
@@ -307,8 +314,8 @@ cdef list _opt_options(const uint8_t* p, Py_ssize_t off, Py_ssize_t end):
 
 
 cdef Edns _make_edns(bytes message, RR* rr):
+    """The Edns of an OPT record whose options ``_check_opt`` has accepted."""
     cdef Edns edns = Edns.__new__(Edns)
-    _check_opt(<const uint8_t*>PyBytes_AS_STRING(message), rr.rdata, rr.end)
     edns.udp_size = rr.rclass
     edns.do = (rr.ttl & 0x8000) != 0
     edns.version = (rr.ttl >> 16) & 0xFF
@@ -321,14 +328,14 @@ cdef Edns _make_edns(bytes message, RR* rr):
 cdef Py_ssize_t _skip_questions(const uint8_t* p, Py_ssize_t n, Py_ssize_t off, int count) except -1:
     cdef int i
     for i in range(count):
-        off = _walk_name(p, n, off, NULL) + 4
+        off = _walk_name(p, n, off, NULL, NULL) + 4
         if off > n:
             return _fail("record runs past the end")
     return off
 
 
 cdef uint32_t _soa_minimum(const uint8_t* p, Py_ssize_t n, RR* rr) except? 0xFFFFFFFF:
-    cdef Py_ssize_t off = _walk_name(p, n, _walk_name(p, n, rr.rdata, NULL), NULL)  # MNAME, RNAME
+    cdef Py_ssize_t off = _walk_name(p, n, _walk_name(p, n, rr.rdata, NULL, NULL), NULL, NULL)  # MNAME, RNAME
     if off + 20 != rr.end:
         _fail("bad SOA")
     return _u32(p + rr.end - 4)
@@ -358,7 +365,7 @@ cdef int _walk_message(const uint8_t* p, Py_ssize_t n, Layout* lay, uint8_t* age
     for section in range(1, 4):
         count = _u16(p + 4 + 2 * section)
         for i in range(count):
-            off = _read_rr(p, n, off, section, lay.opt_index >= 0, &rr)
+            off = _read_rr(p, n, off, section, lay.opt_index >= 0, &rr, NULL)
             if rr.rtype == TYPE_OPT:
                 _check_opt(p, rr.rdata, rr.end)
                 lay.opt_index = lay.nrecords
@@ -394,7 +401,7 @@ cpdef parse_query(data):
         _fail("not a query")
     if _u16(p + 4) != 1:
         _fail("QDCOUNT is not 1")
-    off = _walk_name(p, n, 12, name)
+    off = _walk_name(p, n, 12, name, NULL)
     if off + 4 > n:
         _fail("record runs past the end")
     q = Query.__new__(Query)
@@ -404,14 +411,13 @@ cpdef parse_query(data):
     for section in range(1, 4):
         count = _u16(p + 4 + 2 * section)
         for i in range(count):
-            off = _read_rr(p, n, off, section, edns is not None, &rr)
+            off = _read_rr(p, n, off, section, edns is not None, &rr, NULL)
             if rr.rtype == TYPE_OPT:
+                _check_opt(p, rr.rdata, rr.end)
                 edns = _make_edns(b, &rr)
     if off != n:
         _fail("trailing data")
-    name_len = 1
-    while name[name_len - 1] != 0:
-        name_len += name[name_len - 1] + 1
+    name_len = _name_len(name)
     q.id = _u16(p)
     q.opcode = (p[2] >> 3) & 0xF
     q.rd = p[2] & 0x01
@@ -422,49 +428,69 @@ cpdef parse_query(data):
     return q
 
 
-cpdef scan_response(data):
-    """Read a response; see ``dotproxy.wire`` for the contract."""
-    cdef bytes b = _as_bytes(data)
-    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
-    cdef uint8_t name[256]
+cdef struct Scan:
+    int qdcount
+    int ancount
+    int qtype          # of the question; 0 when QDCOUNT is 0
+    int qclass
+    int rcode          # extended by the OPT's upper bits
+    uint32_t min_ttl   # NO_TTL: nothing to cache
+    bint has_opt
+    bint opt_last      # the OPT is the message's last record (strip_opt can cut it off)
+    bint into_id       # a name of the question or a record's owner points into the ID
+    RR opt
+
+
+cdef int _scan(const uint8_t* p, Py_ssize_t n, Scan* s, uint8_t* name) except -1:
+    """Check a response with scan_response()'s rules, in one walk, and fill ``s``; the
+    question's lower-cased name goes to ``name`` (room for 255 octets) when QDCOUNT is 1.
+
+    scan_response() and match_answer() share it, so they accept and refuse the same bytes
+    with the same reasons. ``s.into_id`` covers the names that set_id(strip_opt=True)
+    walks again (question and owners), not those inside an SOA, which it skips.
+    """
     cdef Py_ssize_t off = 12
-    cdef int section, count, i, qdcount, ancount
-    cdef int rcode
-    cdef bint opt_seen = False
+    cdef int section, count, i
     cdef uint32_t ttl, minimum
     cdef uint32_t min_answer = NO_TTL
     cdef uint32_t min_authority = NO_TTL
     cdef uint32_t negative = NO_TTL
     cdef uint32_t result = NO_TTL
+    cdef int rcode
+    cdef bint has_opt = False
+    cdef bint opt_last = False
     cdef RR rr
-    cdef ResponseInfo info
     if n < 12:
-        _fail("short header")
+        return _fail("short header")
     if not p[2] & 0x80:
-        _fail("not a response")
-    qdcount = _u16(p + 4)
-    ancount = _u16(p + 6)
-    if qdcount > 1:
-        _fail("QDCOUNT above 1")
-    info = ResponseInfo.__new__(ResponseInfo)
-    if qdcount:
-        off = _walk_name(p, n, 12, name)
+        return _fail("not a response")
+    s.qdcount = _u16(p + 4)
+    s.ancount = _u16(p + 6)
+    if s.qdcount > 1:
+        return _fail("QDCOUNT above 1")
+    s.qtype = 0
+    s.qclass = 0
+    s.into_id = False
+    if s.qdcount:
+        off = _walk_name(p, n, 12, name, &s.into_id)
         if off + 4 > n:
-            _fail("record runs past the end")
-        info.qtype = _u16(p + off)
-        info.qclass = _u16(p + off + 2)
+            return _fail("record runs past the end")
+        s.qtype = _u16(p + off)
+        s.qclass = _u16(p + off + 2)
         off += 4
     rcode = p[3] & 0xF
     for section in range(1, 4):
         count = _u16(p + 4 + 2 * section)
         for i in range(count):
-            off = _read_rr(p, n, off, section, opt_seen, &rr)
+            off = _read_rr(p, n, off, section, has_opt, &rr, &s.into_id)
             if rr.rtype == TYPE_OPT:
-                opt_seen = True
+                _check_opt(p, rr.rdata, rr.end)  # here, not later: the first broken record names the error
+                has_opt = True
+                opt_last = True
+                s.opt = rr
                 rcode |= (rr.ttl >> 24) << 4
-                info.edns = _make_edns(b, &rr)
                 continue
+            opt_last = False
             ttl = 0 if rr.ttl > MAX_TTL else rr.ttl
             if section == 1:
                 if ttl < min_answer:
@@ -481,36 +507,151 @@ cpdef scan_response(data):
                     if ttl < negative:
                         negative = ttl
     if off != n:
-        _fail("trailing data")
-    if rcode == RCODE_NOERROR and ancount:
+        return _fail("trailing data")
+    if rcode == RCODE_NOERROR and s.ancount:
         result = min_answer if min_answer < min_authority else min_authority
     elif rcode == RCODE_NXDOMAIN or rcode == RCODE_NOERROR:
         if negative != NO_TTL:
             result = negative if negative < min_answer else min_answer
-    if qdcount:
-        info.qname_wire = _name_bytes(name)
+    s.rcode = rcode
+    s.has_opt = has_opt
+    s.opt_last = opt_last
+    s.min_ttl = result
+    return 0
+
+
+cpdef scan_response(data):
+    """Read a response; see ``dotproxy.wire`` for the contract."""
+    cdef bytes b = _as_bytes(data)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef uint8_t name[256]
+    cdef Scan s
+    cdef ResponseInfo info
+    _scan(p, n, &s, name)
+    info = ResponseInfo.__new__(ResponseInfo)
+    if s.qdcount:
+        info.qname_wire = PyBytes_FromStringAndSize(<const char*>name, _name_len(name))
+        info.qtype = s.qtype
+        info.qclass = s.qclass
+    if s.has_opt:
+        info.edns = _make_edns(b, &s.opt)
     info.id = _u16(p)
-    info.rcode = rcode
+    info.rcode = s.rcode
     info.tc = (p[2] & 0x02) != 0
     info.aa = (p[2] & 0x04) != 0
     info.ra = (p[3] & 0x80) != 0
     info.ad = (p[3] & 0x20) != 0
-    info.qdcount = qdcount
-    info.ancount = ancount
+    info.qdcount = s.qdcount
+    info.ancount = s.ancount
     info.nscount = _u16(p + 8)
     info.arcount = _u16(p + 10)
-    info.min_ttl = None if result == NO_TTL else result
+    info.min_ttl = None if s.min_ttl == NO_TTL else s.min_ttl
     return info
 
 
-cdef bytes _name_bytes(const uint8_t* name):
+cdef inline Py_ssize_t _name_len(const uint8_t* name) noexcept:
+    """Length of an uncompressed wire name (as ``_walk_name`` copies it)."""
     cdef Py_ssize_t name_len = 1
     while name[name_len - 1] != 0:
         name_len += name[name_len - 1] + 1
-    return PyBytes_FromStringAndSize(<const char*>name, name_len)
+    return name_len
 
 
-def set_id(data, id, *, bint strip_opt=False):
+cdef class AnswerMatch:
+    """What match_answer() found besides the answer; one object, reused for every answer."""
+
+    def __cinit__(self):
+        self.keepalive = -1
+
+    def __init__(self):  # __cinit__ alone would take any arguments and ignore them
+        pass
+
+    def __repr__(self):
+        return f"AnswerMatch(keepalive={self.keepalive})"
+
+
+cdef int _keepalive(const uint8_t* p, RR* opt) noexcept:
+    """The first edns-tcp-keepalive option's value (units of 100 ms), -1 unless it has 2 bytes."""
+    cdef Py_ssize_t off = opt.rdata
+    cdef Py_ssize_t length
+    while off < opt.end:  # checked by _check_opt during the walk
+        length = _u16(p + off + 2)
+        if _u16(p + off) == OPT_KEEPALIVE:
+            return _u16(p + off + 4) if length == 2 else -1
+        off += 4 + length
+    return -1
+
+
+cpdef match_answer(message, Py_ssize_t start, Py_ssize_t end, Query query, bint strip_opt, AnswerMatch match):
+    """The answer in ``message[start:end]`` as the client of ``query`` must see it, or None
+    when it does not answer ``query``; see ``dotproxy.wire``.
+
+    One walk, and on success one allocation: the answer returned.
+    """
+    cdef const uint8_t* p
+    cdef Py_ssize_t size, n, name_len
+    cdef uint8_t name[256]
+    cdef Scan s
+    cdef bytes out
+    cdef uint8_t* w
+    cdef uint16_t new_id
+    if query is None or match is None:
+        raise TypeError("match_answer() needs a Query and an AnswerMatch, not None")
+    match.keepalive = -1
+    if PyBytes_Check(message):
+        p = <const uint8_t*>PyBytes_AS_STRING(message)
+        size = PyBytes_GET_SIZE(message)
+    elif PyByteArray_Check(message):
+        p = <const uint8_t*>PyByteArray_AS_STRING(message)
+        size = PyByteArray_GET_SIZE(message)
+    else:
+        raise TypeError(f"match_answer() needs bytes or bytearray, not {type(message).__name__}")
+    if not 0 <= start <= end <= size:
+        raise ValueError(f"no message at [{start}:{end}] of {size} bytes")
+    if query.qname_wire is None:
+        raise ValueError("a Query comes from parse_query(), not from Query()")
+    # From here no Python code runs while ``p`` points into the buffer (a bytearray could
+    # move): bytes objects are not tracked by the GC, so allocating one runs no finalizer.
+    p += start
+    n = end - start
+    _scan(p, n, &s, name)
+    # answers(): it repeats the question (the name in any case), or it is an error without one.
+    if s.qdcount:
+        if s.qtype != query.qtype or s.qclass != query.qclass:
+            return None
+        name_len = _name_len(name)
+        if name_len != PyBytes_GET_SIZE(query.qname_wire):
+            return None
+        if memcmp(name, PyBytes_AS_STRING(query.qname_wire), name_len):
+            return None
+    elif s.rcode == RCODE_NOERROR:
+        return None
+    new_id = <uint16_t>query.id
+    if strip_opt and s.into_id and new_id != _u16(p):
+        # A name reads the ID: set_id walks the answer again with the client's ID in place
+        # (it may read as another name, or as none). Rare enough to take set_id's own path.
+        out = PyBytes_FromStringAndSize(<const char*>p, n)
+        _put16(<uint8_t*>PyBytes_AS_STRING(out), new_id)
+        out = _strip_opt(out)
+    elif strip_opt and s.opt_last:
+        # set_id's walk would read the same bytes as ours and find the same records: cut the
+        # OPT off here, as _strip_opt() does.
+        out = PyBytes_FromStringAndSize(NULL, s.opt.start)
+        w = <uint8_t*>PyBytes_AS_STRING(out)
+        memcpy(w, p, s.opt.start)
+        _put16(w, new_id)
+        _put16(w + 10, _u16(p + 10) - 1)
+    else:
+        # No OPT, or records after it (a TSIG signs it): set_id leaves it in.
+        out = PyBytes_FromStringAndSize(<const char*>p, n)
+        _put16(<uint8_t*>PyBytes_AS_STRING(out), new_id)
+    if s.has_opt:
+        match.keepalive = _keepalive(p, &s.opt)
+    return out
+
+
+cpdef bytes set_id(data, id, bint strip_opt=False):
     """The message with its ID replaced by ``id``; with ``strip_opt``, also without its
     OPT record, as :func:`strip_opt` (one copy for both: an answer on its way to a client)."""
     cdef bytes b = _as_bytes(data)
@@ -686,7 +827,7 @@ def pad(query, block_value=128, *, bint keepalive=False):
     return b if out is None else out
 
 
-def frame_query(query, id, pad_block=None, *, bint keepalive=False):
+cpdef bytes frame_query(query, id, pad_block=None, bint keepalive=False):
     """The query as one DNS-over-stream frame: see ``dotproxy.wire``."""
     cdef bytes b = _as_bytes(query)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(b)

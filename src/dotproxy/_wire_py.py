@@ -356,7 +356,54 @@ def scan_response(data: bytes) -> ResponseInfo:
     return info
 
 
-def set_id(data: bytes, id: int, *, strip_opt: bool = False) -> bytes:  # noqa: A002 - the API's name
+class AnswerMatch:
+    """What match_answer() found besides the answer; one object, reused for every answer."""
+
+    __slots__ = ("keepalive",)
+
+    def __init__(self) -> None:
+        self.keepalive = -1  # edns-tcp-keepalive in units of 100 ms, or -1
+
+    def __repr__(self) -> str:
+        return f"AnswerMatch(keepalive={self.keepalive})"
+
+
+def match_answer(message, start: int, end: int, query: Query, strip_opt: bool, match: AnswerMatch) -> bytes | None:
+    """The answer in ``message[start:end]`` as the client of ``query`` must see it, or None
+    when it does not answer ``query``; see ``dotproxy.wire``.
+
+    The composition it stands for: scan_response(), the question compared, set_id().
+    """
+    if not isinstance(query, Query) or not isinstance(match, AnswerMatch):
+        raise TypeError("match_answer() needs a Query and an AnswerMatch")
+    match.keepalive = -1
+    if not isinstance(message, (bytes, bytearray)):
+        raise TypeError(f"match_answer() needs bytes or bytearray, not {type(message).__name__}")
+    start = index(start)
+    end = index(end)
+    if not 0 <= start <= end <= len(message):
+        raise ValueError(f"no message at [{start}:{end}] of {len(message)} bytes")
+    try:
+        question = (query.qname_wire, query.qtype, query.qclass)
+    except AttributeError:
+        raise ValueError("a Query comes from parse_query(), not from Query()") from None
+    data = bytes(message[start:end])
+    info = scan_response(data)
+    # answers(): it repeats the question (the name in any case), or it is an error without one.
+    if info.qdcount:
+        if (info.qname_wire, info.qtype, info.qclass) != question:
+            return None
+    elif info.rcode == RCODE_NOERROR:
+        return None
+    out = set_id(data, query.id, strip_opt=strip_opt)
+    if info.edns is not None:
+        value = info.edns.option(OPT_KEEPALIVE)
+        if value is not None and len(value) == 2:
+            match.keepalive = _U16.unpack(value)[0]
+    return out
+
+
+def set_id(data: bytes, id: int, strip_opt: bool = False) -> bytes:  # noqa: A002 - the API's name
     """The message with its ID replaced by ``id``; with ``strip_opt``, also without its
     OPT record, as :func:`strip_opt`."""
     data = _as_bytes(data)
@@ -364,7 +411,7 @@ def set_id(data: bytes, id: int, *, strip_opt: bool = False) -> bytes:  # noqa: 
     return _strip_opt(out) if strip_opt else out
 
 
-def frame_query(query: bytes, id: int, pad_block: int | None = None, *, keepalive: bool = False) -> bytes:  # noqa: A002
+def frame_query(query: bytes, id: int, pad_block: int | None = None, keepalive: bool = False) -> bytes:  # noqa: A002
     """The query as one DNS-over-stream frame: see ``dotproxy.wire``."""
     query = _as_bytes(query)
     new_id = _header_and_id(query, id)

@@ -35,11 +35,28 @@ The API
     SOA must be well formed (MNAME, RNAME, then exactly 20 bytes), else
     ``WireError("bad SOA")``: a cache never takes a TTL from a broken record.
 
-``set_id(data, id, *, strip_opt=False) -> bytes``
+``match_answer(message, start, end, query, strip_opt, match) -> bytes | None``
+    The DoT answer path in one walk. The answer is ``message[start:end]``
+    (``message`` bytes or bytearray, a connection's read buffer; no length
+    prefix; ``ValueError`` unless ``0 <= start <= end <= len(message)``),
+    checked as ``scan_response()`` checks it (same ``WireError``). ``None`` when it
+    does not answer ``query`` (a ``Query`` from ``parse_query``): it must repeat
+    the question (``qname_wire`` in any case, ``qtype``, ``qclass``) or, with
+    QDCOUNT 0, carry an rcode (extended) other than NOERROR. Otherwise exactly
+    what ``set_id(message[start:end], query.id, strip_opt=strip_opt)`` returns or
+    raises. ``match`` is an ``AnswerMatch`` (``AnswerMatch()``, one reused for
+    every answer): each call sets its ``keepalive`` to -1 first and, when it
+    returns bytes, to the value of the answer's first edns-tcp-keepalive option
+    (RFC 7828, units of 100 ms) if that option has exactly 2 bytes. The C core
+    allocates nothing but the answer it returns; compiled modules ``cimport`` it
+    from ``dotproxy._wire``.
+
+``set_id(data, id, strip_opt=False) -> bytes``
     The message with its ID replaced; with ``strip_opt``, also as ``strip_opt()``
     returns it (one copy: an answer on its way to a client that sent no EDNS).
+    The strip walks the message with the new ID in place.
 
-``frame_query(query, id, pad_block=None, *, keepalive=False) -> bytes``
+``frame_query(query, id, pad_block=None, keepalive=False) -> bytes``
     The query as one DNS-over-stream frame (RFC 7766): the two-octet length, then
     the message with its ID replaced by ``id`` and, with ``pad_block``, padded as
     ``pad(query, pad_block, keepalive=keepalive)`` pads it (the query walked as it
@@ -77,6 +94,11 @@ The API
     The message without its OPT record: the answer to a client that sent no
     EDNS when we added one upstream (unchanged when records follow the OPT).
 
+``set_id``, ``frame_query``, ``parse_query``, ``scan_response`` and ``match_answer``
+are ``cpdef`` in the C core: compiled modules call them as C functions (their
+arguments may be passed by keyword from Python, but are not keyword-only: Cython
+cannot declare that for a ``cpdef`` function).
+
 Malformed input raises :class:`dotproxy.errors.WireError` and nothing else. Its
 ``reason`` is one of: "short header", "not a query", "not a response",
 "QDCOUNT is not 1", "QDCOUNT above 1", "name runs past the end", "label too
@@ -106,8 +128,10 @@ else:
 Query = _impl.Query
 Edns = _impl.Edns
 ResponseInfo = _impl.ResponseInfo
+AnswerMatch = _impl.AnswerMatch
 parse_query = _impl.parse_query
 scan_response = _impl.scan_response
+match_answer = _impl.match_answer
 set_id = _impl.set_id
 frame_query = _impl.frame_query
 age_ttls = _impl.age_ttls
@@ -124,6 +148,7 @@ OPT_EDE = 15
 
 __all__ = [
     "IMPLEMENTATION",
+    "AnswerMatch",
     "Edns",
     "Query",
     "ResponseInfo",
@@ -132,6 +157,7 @@ __all__ = [
     "cache_key",
     "frame_query",
     "make_error",
+    "match_answer",
     "pad",
     "parse_query",
     "scan_response",

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-FUNCS = ["parse_query", "scan_response", "set_id", "age_ttls", "cache_key", "make_error", "truncate", "pad", "strip_opt"]
-CLASSES = ["Query", "Edns", "ResponseInfo"]
+FUNCS = ["parse_query", "scan_response", "match_answer", "set_id", "frame_query", "age_ttls", "cache_key",
+         "make_error", "truncate", "pad", "strip_opt"]
+CLASSES = ["Query", "Edns", "ResponseInfo", "AnswerMatch"]
 
 PROBE = """
 import json, dotproxy.wire as w, dotproxy._wire_py as py
