@@ -7,7 +7,9 @@ for tests and for the house rule, it is slower than the event loop's own datagra
 ``DOTPROXY_NO_UDPBATCH=1`` turns the batched listener off.
 
 See ``_udpbatch.pyx`` for ``recv_many`` / ``send_many``; endpoints are raw sockaddr bytes,
-opaque to flows; :func:`endpoint_to_tuple` / :func:`tuple_to_endpoint` convert.
+opaque to flows; :func:`endpoint_to_tuple` / :func:`tuple_to_endpoint` convert. ``quickack(fd)``
+(TCP_QUICKACK, for the pooled TCP upstreams) lives here too: the module holds the socket calls
+the event loops do not make cheaply.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from dotproxy._udpbatch_py import endpoint_to_tuple, tuple_to_endpoint  # noqa: 
 try:
     if _compiled.PURE_PYTHON:
         raise ImportError("pure Python asked for")
-    from dotproxy._udpbatch import MAX_BATCH, recv_many, send_many  # type: ignore[import-not-found]
+    from dotproxy._udpbatch import MAX_BATCH, quickack, recv_many, send_many  # type: ignore[import-not-found]
 
     IMPLEMENTATION = "c"
 except ImportError:
-    from dotproxy._udpbatch_py import MAX_BATCH, recv_many, send_many  # noqa: F401
+    from dotproxy._udpbatch_py import MAX_BATCH, quickack, recv_many, send_many  # noqa: F401
 
     IMPLEMENTATION = "py"
 

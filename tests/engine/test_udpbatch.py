@@ -184,3 +184,20 @@ def test_listener_waits_for_writability_when_the_buffer_is_full(run):
         b.close()
 
     run(main)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux only")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_quickack_sets_the_option_on_a_tcp_socket_and_refuses_others(impl):
+    server = socket.create_server(("127.0.0.1", 0))
+    with server, socket.create_connection(server.getsockname()) as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        peer, _ = server.accept()
+        with peer:
+            peer.sendall(b"x")
+            assert tcp.recv(1) == b"x"
+            tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            impl.quickack(tcp.fileno())
+            assert tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+            assert tcp.fileno() >= 0  # borrowed, not closed
+        with pytest.raises(OSError):
+            impl.quickack(udp.fileno())

@@ -187,6 +187,44 @@ def test_framing_split_at_every_byte():
     assert len(evs) == 3
 
 
+def test_zero_copy_input_in_random_chunks_matches_receive_data():
+    # get_buffer/buffer_updated (uvloop writes TLS records straight into the core's buffer):
+    # random read sizes, random room asked for, a view held across the next get_buffer.
+    rng = random.Random(7)
+    c = StreamClient()
+    qs = {}
+    for i in range(40):
+        q = make_query(f"zc{i}.example", id=i)
+        qs[c.send_query(q, 0.0)] = q
+    replies = serve(c.data_to_send())
+    stream = b"".join(frame(r) for r in replies.values())
+    got = []
+    off = 0
+    held = None
+    while off < len(stream):
+        size = rng.choice([1, 2, 3, 50, 300, 4096])
+        room = c.get_buffer(rng.choice([-1, 0, 1, size, 65536]))
+        n = min(size, len(room), len(stream) - off)
+        room[:n] = stream[off : off + n]
+        off += n
+        got += c.buffer_updated(n, 1.0)
+        held = room  # a reader may keep its view: the next get_buffer must not resize under it
+    del held
+    assert [e.query_id for e in answers(got)] == list(replies)
+    for e in answers(got):
+        check_answer(e.data, qs[e.query_id])
+    assert c.outstanding == 0
+
+
+def test_buffer_updated_beyond_the_room_given_is_refused():
+    c = StreamClient()
+    room = c.get_buffer(10)
+    with pytest.raises(ValueError):
+        c.buffer_updated(len(room) + 1, 0.0)
+    with pytest.raises(ValueError):
+        c.buffer_updated(-1, 0.0)
+
+
 def test_last_received_is_the_time_of_the_last_read():
     c = StreamClient()
     assert c.last_received is None

@@ -43,6 +43,7 @@ from dotproxy.io.tls import client_context
 from dotproxy.testing import Faults, make_certificates
 from dotproxy.testing.answer import default_answer
 from dotproxy.upstream import connect
+from dotproxy.upstream import pool as pool_module
 from dotproxy.upstream.base import Backoff
 
 
@@ -333,29 +334,29 @@ def test_every_read_is_acknowledged_at_once(run):
             async with client(server, pool_size=1) as up:
                 await up.query(make_query(), deadline=after(2))
                 (conn,) = up._conns
-                assert conn._sock is not None
-                real = conn._sock
-                calls: list[tuple] = []
+                assert conn._fd == conn.transport.get_extra_info("socket").fileno()
+                real = pool_module.quickack
+                calls: list[int] = []
 
-                class Recording:
-                    def setsockopt(self, *args):
-                        calls.append(args)
-                        real.setsockopt(*args)
+                def recording(fd):
+                    calls.append(fd)
+                    real(fd)
 
-                conn._sock = Recording()
-                quickack = (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-                # One query: no answer is held behind it, nothing to acknowledge early.
-                q = make_query("ack.example")
-                check_answer(await up.query(q, deadline=after(2)), q)
-                assert quickack not in calls
-                # Several in one write, answered at scattered times: a read that leaves some
-                # outstanding is acknowledged at once (nothing else is written then).
-                qs = [make_query(f"ack{i}.example") for i in range(5)]
-                answers = await asyncio.gather(*(up.query(q, deadline=after(2)) for q in qs))
-                for q, a in zip(qs, answers):
-                    check_answer(a, q)
-                assert quickack in calls
-                conn._sock = real
+                pool_module.quickack = recording
+                try:
+                    # One query: no answer is held behind it, nothing to acknowledge early.
+                    q = make_query("ack.example")
+                    check_answer(await up.query(q, deadline=after(2)), q)
+                    assert conn._fd not in calls
+                    # Several in one write, answered at scattered times: a read that leaves some
+                    # outstanding is acknowledged at once (nothing else is written then).
+                    qs = [make_query(f"ack{i}.example") for i in range(5)]
+                    answers = await asyncio.gather(*(up.query(q, deadline=after(2)) for q in qs))
+                    for q, a in zip(qs, answers):
+                        check_answer(a, q)
+                    assert conn._fd in calls
+                finally:
+                    pool_module.quickack = real
 
     run(body)
 

@@ -1,9 +1,12 @@
 # C declarations for flow.py (compiled by Cython when built; the .py runs as it is otherwise).
 cimport cython
 
-from dotproxy._wire cimport Query, parse_query
+from dotproxy._wire cimport Edns, Query, parse_query
 from dotproxy.upstream.base cimport AnswerSink
 from dotproxy.upstream.pool cimport PooledUpstream
+
+
+cdef Py_ssize_t _UDP_PLAIN, _UDP_EDNS_CAP
 
 
 cdef class FlowStats:
@@ -62,4 +65,5 @@ cdef class Flow:
     @cython.locals(pending=_FlowQuery, deadline=double, query=Query)
     cpdef _query(self, data, endpoint)
     cpdef _resolved(self, _FlowQuery pending, answer, error)
+    @cython.locals(edns=Edns, limit=Py_ssize_t)
     cpdef _send(self, answer, endpoint, Query query, str outcome=*, started=*, upstream=*)

@@ -34,7 +34,6 @@ Resolver = Callable[..., object]
 EDE_OTHER = 0
 EDE_NOT_READY = 14
 
-_MAX_TCP_MESSAGE = 0xFFFF
 #: Without EDNS a UDP answer must fit 512 bytes; with EDNS, the client's size, but never
 #: above what survives the path without fragments (DNS flag day 2020).
 _UDP_PLAIN = 512
@@ -238,7 +237,8 @@ class Flow:
             return
         if self.kind == "udp":
             if query is not None:
-                limit = _UDP_PLAIN if query.edns is None else max(_UDP_PLAIN, min(query.edns.udp_size, _UDP_EDNS_CAP))
+                edns = query.edns
+                limit = _UDP_PLAIN if edns is None else max(_UDP_PLAIN, min(edns.udp_size, _UDP_EDNS_CAP))
                 if len(answer) > limit:
                     answer = wire.truncate(answer, limit)
                     self._stats.truncated += 1

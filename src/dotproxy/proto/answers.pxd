@@ -10,6 +10,8 @@ cdef class AnswerReceived:
     cdef public object data
     cdef public double rtt
 
+@cython.locals(event=AnswerReceived)
+cpdef AnswerReceived answer_received(int query_id, data, double rtt)
 cpdef bint answers(ResponseInfo info, tuple question) except -1
 cpdef tuple question_of(Query query)
 cpdef for_client(message, client_id, bint strip_opt)

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 from dotproxy import wire
 from dotproxy.errors import WireError
-from dotproxy.wire import parse_query, scan_response
-from dotproxy.proto.answers import AnswerReceived, answers, for_client, question_of
+from dotproxy.wire import frame_query, match_answer, parse_query, scan_response
+from dotproxy.proto.answers import AnswerReceived, answer_received
 
 _U16_MAX = 0x10000
+_MIN_ROOM = 4096  # input room get_buffer() gives when the caller has no size in mind
 # ". IN NS": every resolver answers it at once from its root priming; a probe asks it.
 _PROBE = b"\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"\x00\x00\x02\x00\x01"  # ID 0, RD, ". IN NS"
 
@@ -53,15 +54,11 @@ class KeepaliveReceived:
 
 
 class _Pending:
-    """What an answer needs from its query."""
+    """What an answer needs from its query (built by :meth:`StreamClient.send_query`)."""
 
-    __slots__ = ("client_id", "question", "strip_opt", "sent_at")
-
-    def __init__(self, client_id: int, question: tuple, strip_opt: bool, sent_at: float) -> None:
-        self.client_id = client_id
-        self.question = question  # (qname_wire, qtype, qclass) of the query, lower-cased
-        self.strip_opt = strip_opt  # we added the OPT: the client gets none back
-        self.sent_at = sent_at
+    __slots__ = ("query", "strip_opt", "sent_at")
+    # query: the client's query, parsed: its ID and the question the answer must repeat.
+    # strip_opt: we added the OPT (padding, keepalive), so the client gets none back.
 
 
 class StreamClient:
@@ -75,9 +72,11 @@ class StreamClient:
         self._orphans: set[int] = set()
         self._probes: set[int] = set()
         self._out: list[bytes] = []
-        self._in = bytearray()
+        self._rbuf = bytearray()  # input; [0:_rlen]: bytes of an incomplete message
+        self._rlen = 0
         self.last_received: float | None = None
         self._keepalive_units = -1  # the server's last edns-tcp-keepalive value (none yet)
+        self._match = wire.AnswerMatch()  # match_answer's notes on the answer it last matched
         self.late_answers = 0
         self.unexpected_answers = 0
         self.answered = 0
@@ -108,13 +107,12 @@ class StreamClient:
         if query is None:
             query = parse_query(data)
         query_id = self._allocate_id()
-        frame = wire.frame_query(data, query_id, self._pad_block or None, keepalive=self._keepalive)
-        self._pending[query_id] = _Pending(
-            query.id,
-            question_of(query),
-            self._pad_block is not None and query.edns is None,
-            now,
-        )
+        frame = frame_query(data, query_id, self._pad_block or None, keepalive=self._keepalive)
+        pending = _Pending.__new__(_Pending)  # no __init__ call: cheaper per query when compiled
+        pending.query = query
+        pending.strip_opt = self._pad_block is not None and query.edns is None
+        pending.sent_at = now
+        self._pending[query_id] = pending
         self._out.append(frame)
         return query_id
 
@@ -123,7 +121,7 @@ class StreamClient:
         (DoT has no PING). Its answer is dropped quietly."""
         query_id = self._allocate_id()
         self._probes.add(query_id)
-        self._out.append(wire.frame_query(_PROBE, query_id, self._pad_block or None, keepalive=self._keepalive))
+        self._out.append(frame_query(_PROBE, query_id, self._pad_block or None, keepalive=self._keepalive))
         return query_id
 
     def _allocate_id(self) -> int:
@@ -155,72 +153,96 @@ class StreamClient:
         self._orphans.clear()
         self._probes.clear()
         self._out.clear()
-        self._in.clear()
+        self._rlen = 0
         return lost
 
     # -------------------------------------------------------------- input from the network
 
     def receive_data(self, data: bytes, now: float) -> list:
         """Feed bytes read from the connection; return the events they complete."""
+        n = len(data)
+        self.get_buffer(n)[:n] = data
+        return self.buffer_updated(n, now)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Zero-copy input (the read half of an asyncio BufferedProtocol): room for at least
+        ``sizehint`` bytes (some, if it is not positive) after the bytes of an incomplete
+        message; write into it, then call :meth:`buffer_updated`."""
+        room = sizehint if sizehint > 0 else _MIN_ROOM
+        if len(self._rbuf) - self._rlen < room:
+            # A new buffer, not a resize: a view of the old one may still be held.
+            grown = bytearray(max(self._rlen + room, 2 * len(self._rbuf)))
+            grown[: self._rlen] = self._rbuf[: self._rlen]
+            self._rbuf = grown
+        return memoryview(self._rbuf)[self._rlen :]
+
+    def buffer_updated(self, nbytes: int, now: float) -> list:
+        """``nbytes`` were written at the start of the room :meth:`get_buffer` gave: return the
+        events the messages they complete make."""
+        buf = self._rbuf
+        n = self._rlen + nbytes
+        if nbytes < 0 or n > len(buf):
+            raise ValueError(f"{nbytes} bytes do not fit the room get_buffer() gave")
         self.last_received = now
-        buf = self._in
-        if buf:
-            buf += data
-            data = bytes(buf)
-            buf.clear()
         events: list = []
         off = 0
-        n = len(data)
         while n - off >= 2:
-            length = (data[off] << 8) | data[off + 1]
+            length = (buf[off] << 8) | buf[off + 1]
             end = off + 2 + length
             if end > n:
                 break
-            self._answer(data[off + 2 : end], now, events)
+            self._answer(buf, off + 2, end, now, events)
             off = end
-        if off < n:
-            buf += data[off:]
+        rest = n - off
+        if rest and off:
+            buf[:rest] = buf[off:n]  # the incomplete message to the front (same size: no resize)
+        self._rlen = rest
         return events
 
-    def _answer(self, message: bytes, now: float, events: list) -> None:
+    def _answer(self, data: bytearray, start: int, end: int, now: float, events: list) -> None:
+        """The message ``data[start:end]``: an answer to a query of ours, or something to drop."""
+        pending = None
+        if end - start >= 12:
+            wire_id = (data[start] << 8) | data[start + 1]
+            pending = self._pending.get(wire_id)
+        if pending is None:
+            self._unmatched(bytes(data[start:end]), events)
+            return
         try:
-            info = scan_response(message)
+            # One walk: checked as scan_response checks, the question compared, the client's
+            # ID restored and our OPT taken off.
+            answer = match_answer(data, start, end, pending.query, pending.strip_opt, self._match)
         except WireError as e:
             self.unexpected_answers += 1
-            events.append(UnexpectedAnswerDropped(None, f"malformed answer: {e.reason}"))
+            events.append(UnexpectedAnswerDropped(wire_id, f"malformed answer: {e.reason}"))
             return
-        wire_id = info.id
-        pending = self._pending.get(wire_id)
-        if pending is None:
-            if wire_id in self._orphans:
-                self._orphans.discard(wire_id)
-                self.late_answers += 1
-                events.append(LateAnswerDropped(wire_id))
-            elif wire_id in self._probes:
-                self._probes.discard(wire_id)
-            else:
-                self.unexpected_answers += 1
-                events.append(UnexpectedAnswerDropped(wire_id, "no query has this ID"))
-            return
-        if not answers(info, pending.question):
+        if answer is None:
             # Not the answer to this query: keep waiting for the real one.
             self.unexpected_answers += 1
             events.append(UnexpectedAnswerDropped(wire_id, "answer is for another question"))
             return
-        try:
-            data = for_client(message, pending.client_id, pending.strip_opt)  # walks records scan_response skips
-        except WireError as e:  # e.g. a compression pointer into the header, fine only while the ID was ours
-            self.unexpected_answers += 1
-            events.append(UnexpectedAnswerDropped(wire_id, f"malformed answer: {e.reason}"))
-            return
         del self._pending[wire_id]
         self.answered += 1
-        if info.edns is not None and self._keepalive:
-            value = info.edns.option(wire.OPT_KEEPALIVE)
-            if value is not None and len(value) == 2:  # units of 100 ms
-                units = (value[0] << 8) | value[1]
-                if units != self._keepalive_units:
-                    self._keepalive_units = units
-                    events.append(KeepaliveReceived(units / 10))
-        events.append(AnswerReceived(wire_id, data, now - pending.sent_at))
+        units = self._match.keepalive  # units of 100 ms; -1: the answer said nothing
+        if units >= 0 and self._keepalive and units != self._keepalive_units:
+            self._keepalive_units = units
+            events.append(KeepaliveReceived(units / 10))
+        events.append(answer_received(wire_id, answer, now - pending.sent_at))
 
+    def _unmatched(self, message: bytes, events: list) -> None:
+        """A message whose ID is no query's in flight: malformed, late, a probe's, or unknown."""
+        try:
+            wire_id = scan_response(message).id
+        except WireError as e:
+            self.unexpected_answers += 1
+            events.append(UnexpectedAnswerDropped(None, f"malformed answer: {e.reason}"))
+            return
+        if wire_id in self._orphans:
+            self._orphans.discard(wire_id)
+            self.late_answers += 1
+            events.append(LateAnswerDropped(wire_id))
+        elif wire_id in self._probes:
+            self._probes.discard(wire_id)
+        else:
+            self.unexpected_answers += 1
+            events.append(UnexpectedAnswerDropped(wire_id, "no query has this ID"))

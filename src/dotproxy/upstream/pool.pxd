@@ -22,7 +22,7 @@ cdef class PooledConnection:
     cdef public double _liveness_armed_at
     cdef public bint _session_kept
     cdef public bint _close_started
-    cdef public object _sock
+    cdef public int _fd
     cdef public bint _ack_due
     cdef public object core
 

@@ -27,6 +27,7 @@ from dotproxy.io.tls import ResumingContext, check_pins, describe_tls_error
 from dotproxy.tasks import TaskOwner
 from dotproxy.upstream.base import AnswerSink, Backoff, Callback, Upstream, UpstreamOptions
 from dotproxy.upstream.deadlines import DeadlineEntry, Deadlines
+from dotproxy.udpbatch import quickack
 
 log = logging.getLogger("dotproxy.upstream")
 
@@ -85,7 +86,7 @@ class PooledConnection:
         self._liveness_armed_at = 0.0
         self._session_kept = False
         self._close_started = False
-        self._sock = None  # for TCP_QUICKACK, where the system has it
+        self._fd = -1  # the socket's, for TCP_QUICKACK where the system has it
         self._ack_due = False  # a read left answers outstanding: acknowledge it this iteration
 
     # ------------------------------------------------------------ asyncio callbacks
@@ -93,8 +94,9 @@ class PooledConnection:
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         set_nodelay(transport)
-        if _TCP_QUICKACK is not None:
-            self._sock = transport.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
+        if _TCP_QUICKACK is not None and sock is not None:
+            self._fd = sock.fileno()
 
     def read_done(self) -> None:
         """Called after each read: make sure it is acknowledged in this loop iteration
@@ -107,19 +109,19 @@ class PooledConnection:
         the second answer came 43 ms late, every time. A query written in this iteration
         carries the ACK anyway (the loaded case); otherwise :meth:`_flush` sends it bare.
         """
-        if self.waiters and self._sock is not None:
+        if self.waiters and self._fd >= 0:
             self._ack_due = True
             self.schedule_flush()
 
     def ack_now(self) -> None:
         """Acknowledge what was read at once, not after the delayed-ACK timer
-        (TCP_QUICKACK is not sticky: the kernel goes back to delayed ACKs)."""
-        sock = self._sock
-        if sock is not None:
+        (TCP_QUICKACK is not sticky: the kernel goes back to delayed ACKs). A C call on the
+        fd: the loop's socket object would build a Python socket per call."""
+        if self._fd >= 0 and self.transport is not None and not self.transport.is_closing():
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-            except OSError:  # closing, or not TCP after all: stop trying
-                self._sock = None
+                quickack(self._fd)
+            except OSError:  # not TCP after all: stop trying
+                self._fd = -1
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -133,6 +135,7 @@ class PooledConnection:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ready = False
+        self._fd = -1  # closed: its number may be reused
         for handle in (self._idle_handle, self._liveness_handle, self._close_handle):
             if handle is not None:
                 handle.cancel()

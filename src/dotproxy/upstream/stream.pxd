@@ -10,8 +10,12 @@ cdef class StreamConnection(PooledConnection):
     cdef public StreamClient _stream  # self.core, typed
 
     cpdef int send_query(self, Ticket ticket, double now) except? -1
-    @cython.locals(now=double, pool=PooledUpstream, answered=bint, core=StreamClient, answer=CAnswerReceived)
+    @cython.locals(now=double)
+    cpdef buffer_updated(self, Py_ssize_t nbytes)
+    @cython.locals(now=double)
     cpdef data_received(self, data)
+    @cython.locals(pool=PooledUpstream, answered=bint, answer=CAnswerReceived)
+    cpdef _handle(self, list events, double now)
 
 
 cdef class StreamUpstream(PooledUpstream):

@@ -33,13 +33,25 @@ class StreamConnection(PooledConnection):
     def send_query(self, ticket, now: float) -> int:
         return self._stream.send_query(ticket.data, now, ticket.query)  # typed when compiled: a C call
 
+    # Reads: uvloop hands TLS records straight into the core's buffer (get_buffer and
+    # buffer_updated, the BufferedProtocol pair); asyncio's loops call data_received.
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._stream.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        now = self.loop.time()
+        self._handle(self._stream.buffer_updated(nbytes, now), now)
+
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()
+        self._handle(self._stream.receive_data(data, now), now)
+
+    def _handle(self, events: list, now: float) -> None:
         pool = self.pool
         stats = pool.stats
         answered = False
-        core = self._stream
-        for event in core.receive_data(data, now):
+        for event in events:
             kind = type(event)
             if kind is AnswerReceived:
                 answered = True
