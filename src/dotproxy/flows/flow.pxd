@@ -23,6 +23,10 @@ cdef class FlowStats:
     cdef public Py_ssize_t flows_closed
 
 
+cdef class DatagramSink:
+    cpdef send(self, data, endpoint)
+
+
 cdef class Admission:
     cdef public Py_ssize_t limit
     cdef public Py_ssize_t in_flight
@@ -49,6 +53,7 @@ cdef class Flow:
     cdef public object _resolve
     cdef public PooledUpstream _pool
     cdef public object _deliver
+    cdef public DatagramSink _sink
     cdef public double _timeout
     cdef public Admission _admission
     cdef public FlowStats _stats

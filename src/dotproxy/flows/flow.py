@@ -73,6 +73,21 @@ class FlowStats:
         return "FlowStats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
 
 
+class DatagramSink:
+    """Where a UDP flow's answers go, as an object: ``send(answer, endpoint)``.
+
+    A flow's ``deliver`` may be any callable; a subclass of this one (the batched UDP
+    listener) is called as a C method by a compiled flow, a callable through Python."""
+
+    __slots__ = ()
+
+    def send(self, data: bytes, endpoint) -> None:
+        raise NotImplementedError
+
+    def __call__(self, data: bytes, endpoint) -> None:
+        self.send(data, endpoint)
+
+
 class Admission:
     """The engine-wide cap on queries in flight: past it, queries are refused at once."""
 
@@ -119,6 +134,7 @@ class Flow:
         owner = getattr(resolve, "__self__", None)
         self._pool = owner if isinstance(owner, PooledUpstream) and resolve == owner.submit_parsed else None
         self._deliver = deliver
+        self._sink = deliver if isinstance(deliver, DatagramSink) else None
         self._timeout = timeout
         self._admission = admission
         self._stats = stats
@@ -247,7 +263,9 @@ class Flow:
         else:
             message = len(answer).to_bytes(2, "big") + answer
         try:
-            if self.kind == "udp":
+            if self._sink is not None:
+                self._sink.send(message, endpoint)  # a C call when compiled
+            elif self.kind == "udp":
                 self._deliver(message, endpoint)
             else:
                 self._deliver(message)

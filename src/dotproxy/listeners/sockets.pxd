@@ -1,10 +1,10 @@
 # C declarations for sockets.py (compiled by Cython when built; the .py runs as it is otherwise).
 cimport cython
 
-from dotproxy.flows.flow cimport Flow
+from dotproxy.flows.flow cimport DatagramSink, Flow
 
 
-cdef class BatchUdpListener:
+cdef class BatchUdpListener(DatagramSink):
     cdef public object name
     cdef public object loop
     cdef public object sock
@@ -22,6 +22,6 @@ cdef class BatchUdpListener:
 
     @cython.locals(engine_flow=Flow)
     cpdef _readable(self)
-    cpdef _sendto(self, data, endpoint)
+    cpdef send(self, data, endpoint)
     @cython.locals(n=Py_ssize_t)
     cpdef _flush(self)

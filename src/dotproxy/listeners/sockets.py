@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 
 from dotproxy import udpbatch
-from dotproxy.flows.flow import Flow
+from dotproxy.flows.flow import DatagramSink, Flow
 
 log = logging.getLogger("dotproxy.listeners")
 
@@ -59,7 +59,7 @@ class UdpListener(asyncio.DatagramProtocol):
 _DIRECT = os.environ.get("DOTPROXY_UDPBATCH_DIRECT", "0") not in ("", "0")
 
 
-class BatchUdpListener:
+class BatchUdpListener(DatagramSink):
     """The UDP listener on batched syscalls (Linux): recvmmsg when the socket is readable, and the
     answers of one loop iteration in one sendmmsg (flushed by ``call_soon``).
 
@@ -87,7 +87,7 @@ class BatchUdpListener:
         self.closed = self.loop.create_future()
         self._time = self.loop.time
         self._last_direct = -1.0
-        self.flow = open_flow("udp", self._sendto, name=name)
+        self.flow = open_flow("udp", self, name=name)  # a DatagramSink: the flow calls send()
         self.loop.add_reader(self._fd, self._readable)
 
     def _readable(self) -> None:
@@ -113,7 +113,7 @@ class BatchUdpListener:
             if len(batch) < udpbatch.MAX_BATCH:
                 return
 
-    def _sendto(self, data: bytes, endpoint) -> None:
+    def send(self, data: bytes, endpoint) -> None:
         if self._closing:
             raise ConnectionError("the UDP listener is closed")
         if type(endpoint) is not bytes:

@@ -30,15 +30,15 @@ cdef class StreamClient:
     cdef public Py_ssize_t unexpected_answers
     cdef public Py_ssize_t answered
 
-    @cython.locals(query_id=int)
-    cpdef int _allocate_id(self) except? -1
+    @cython.locals(n=int)
+    cpdef _allocate_id(self)
     @cython.locals(n=Py_ssize_t)
     cpdef list receive_data(self, data, double now)
     @cython.locals(room=Py_ssize_t, grown=bytearray)
     cpdef get_buffer(self, Py_ssize_t sizehint)
     @cython.locals(buf=bytearray, off=Py_ssize_t, n=Py_ssize_t, length=Py_ssize_t, end=Py_ssize_t, rest=Py_ssize_t)
     cpdef list buffer_updated(self, Py_ssize_t nbytes, double now)
-    cpdef int send_query(self, data, double now, Query query=*) except? -1
-    @cython.locals(pending=_Pending, wire_id=int, units=int)
+    cpdef send_query(self, data, double now, Query query=*)
+    @cython.locals(pending=_Pending, units=int)
     cpdef _answer(self, bytearray data, Py_ssize_t start, Py_ssize_t end, double now, list events)
     cpdef _unmatched(self, message, list events)

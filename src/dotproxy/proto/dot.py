@@ -127,10 +127,12 @@ class StreamClient:
     def _allocate_id(self) -> int:
         if len(self._pending) + len(self._orphans) + len(self._probes) >= _U16_MAX:
             raise OverflowError("every DNS message ID of this connection is in use")
-        query_id = self._next_id
+        n = self._next_id
+        query_id = n  # one Python int for the three lookups, the maps and the caller (compiled: one box)
         while query_id in self._pending or query_id in self._orphans or query_id in self._probes:
-            query_id = (query_id + 1) & 0xFFFF
-        self._next_id = (query_id + 1) & 0xFFFF
+            n = (n + 1) & 0xFFFF
+            query_id = n
+        self._next_id = (n + 1) & 0xFFFF
         return query_id
 
     def cancel(self, query_id: int) -> None:

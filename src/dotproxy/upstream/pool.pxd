@@ -29,16 +29,15 @@ cdef class PooledConnection:
     cpdef bint usable(self) except -1
     cpdef read_done(self)
     cpdef ack_now(self)
-    @cython.locals(query_id=int)
-    cpdef int submit(self, Ticket ticket, double now) except? -1
-    cpdef int send_query(self, Ticket ticket, double now) except? -1
+    cpdef submit(self, Ticket ticket, double now)
+    cpdef send_query(self, Ticket ticket, double now)
     cpdef withdraw(self, int query_id)
     @cython.locals(pool=PooledUpstream)
     cpdef answered(self, double now)
     @cython.locals(ticket=Ticket)
-    cpdef resolve(self, int query_id, data)
+    cpdef resolve(self, query_id, data)
     @cython.locals(ticket=Ticket)
-    cpdef reject(self, int query_id, error)
+    cpdef reject(self, query_id, error)
     cpdef double last_heard(self) except? -1.0
     cpdef schedule_flush(self)
     cpdef _flush(self)

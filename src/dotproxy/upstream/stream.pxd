@@ -9,7 +9,7 @@ from dotproxy.upstream.pool cimport PooledConnection, PooledUpstream, Ticket
 cdef class StreamConnection(PooledConnection):
     cdef public StreamClient _stream  # self.core, typed
 
-    cpdef int send_query(self, Ticket ticket, double now) except? -1
+    cpdef send_query(self, Ticket ticket, double now)
     @cython.locals(now=double)
     cpdef buffer_updated(self, Py_ssize_t nbytes)
     @cython.locals(now=double)
