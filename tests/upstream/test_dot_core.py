@@ -257,6 +257,23 @@ def test_ids_skip_those_in_use_and_wrap():
         c.send_query(q, 0.0, parsed)
 
 
+def test_a_probe_id_is_held_until_its_answer_and_every_id_is_free_after_connection_lost():
+    c = StreamClient(first_id=7)
+    probe = c.send_probe(0.0)
+    assert probe == 7
+    c._next_id = 7
+    assert c.send_query(make_query("p.example"), 0.0) == 8  # the probe's ID is skipped
+    probe_answer = default_answer(frames(c.data_to_send())[0])
+    assert c.receive_data(frame(probe_answer), 0.0) == []  # dropped quietly
+    c._next_id = 7
+    assert c.send_query(make_query("q.example"), 0.0) == 7  # free again
+    c.connection_lost()
+    c._next_id = 7
+    assert c.send_query(make_query("r.example"), 0.0) == 7
+    c._next_id = 8
+    assert c.send_query(make_query("s.example"), 0.0) == 8
+
+
 def test_orphaned_id_is_never_reused_until_its_late_answer():
     """Cancel a query, then wrap the whole ID space: its ID is skipped; the late answer is dropped."""
     c = StreamClient(first_id=5)

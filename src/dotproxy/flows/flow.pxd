@@ -42,6 +42,9 @@ cdef class _FlowQuery(AnswerSink):  # no freelist: a subtype cannot have one
     cdef public object endpoint
     cdef public double deadline
     cdef public object handle
+    cdef public _FlowQuery prev
+    cdef public _FlowQuery next
+    cdef public bint listed
 
     cpdef resolved(self, answer, error)
 
@@ -59,7 +62,9 @@ cdef class Flow:
     cdef public FlowStats _stats
     cdef public object _on_close
     cdef public object _query_log
-    cdef public dict _in_flight
+    cdef public _FlowQuery _first
+    cdef public _FlowQuery _last
+    cdef public Py_ssize_t _count
     cdef public object _time
     cdef public object _idle
     cdef public bytearray _buffer
@@ -67,8 +72,11 @@ cdef class Flow:
 
     @cython.locals(off=Py_ssize_t, n=Py_ssize_t, length=Py_ssize_t)
     cpdef receive(self, data, endpoint=*)
-    @cython.locals(pending=_FlowQuery, deadline=double, query=Query)
+    @cython.locals(pending=_FlowQuery, last=_FlowQuery, deadline=double, query=Query)
     cpdef _query(self, data, endpoint)
+    @cython.locals(prev=_FlowQuery, nxt=_FlowQuery)
     cpdef _resolved(self, _FlowQuery pending, answer, error)
+    @cython.locals(pending=_FlowQuery, nxt=_FlowQuery)
+    cpdef close(self)
     @cython.locals(edns=Edns, limit=Py_ssize_t)
     cpdef _send(self, answer, endpoint, Query query, str outcome=*, started=*, upstream=*)

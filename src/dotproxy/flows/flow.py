@@ -111,7 +111,8 @@ class _FlowQuery(AnswerSink):
     It is also the resolver's callback (an :class:`AnswerSink`: a C call from a compiled
     pool): one object per query, no closure."""
 
-    __slots__ = ("flow", "data", "query", "endpoint", "deadline", "handle")
+    __slots__ = ("flow", "data", "query", "endpoint", "deadline", "handle", "prev", "next", "listed")
+    # prev/next/listed: its place in the flow's list of queries in flight (no hashing per query).
 
     def resolved(self, answer: bytes | None, error: BaseException | None) -> None:
         self.flow._resolved(self, answer, error)
@@ -140,7 +141,10 @@ class Flow:
         self._stats = stats
         self._on_close = on_close
         self._query_log = query_log  # None: no records are built at all
-        self._in_flight: dict[_FlowQuery, None] = {}  # an ordered set
+        # Queries in flight: a doubly linked list through the queries, oldest first.
+        self._first: _FlowQuery | None = None
+        self._last: _FlowQuery | None = None
+        self._count = 0
         self._time = asyncio.get_running_loop().time
         self._idle: asyncio.Future | None = None  # set when the last query in flight is answered
         self._buffer = bytearray()  # TCP: bytes of an incomplete message
@@ -150,7 +154,7 @@ class Flow:
     @property
     def in_flight(self) -> int:
         """Queries accepted and not yet answered (or cancelled)."""
-        return len(self._in_flight)
+        return self._count
 
     # ------------------------------------------------------------ input
 
@@ -197,7 +201,15 @@ class Flow:
         pending.endpoint = endpoint
         pending.deadline = deadline
         pending.handle = None
-        self._in_flight[pending] = None
+        pending.next = None
+        pending.prev = last = self._last
+        if last is None:
+            self._first = pending
+        else:
+            last.next = pending
+        self._last = pending
+        pending.listed = True
+        self._count += 1
         try:
             if self._pool is not None:
                 handle = self._pool.submit_parsed(data, query, deadline, pending)  # a C call when compiled
@@ -207,7 +219,7 @@ class Flow:
             log.exception("%s: resolving failed", self.name)
             self._resolved(pending, None, e)
             return
-        if pending in self._in_flight:  # not answered at once
+        if pending.listed:  # not answered at once
             pending.handle = handle
 
     def _answer_error(self, data: bytes, rcode: int, endpoint) -> None:
@@ -220,10 +232,20 @@ class Flow:
         self._send(answer, endpoint, None, "formerr")
 
     def _resolved(self, pending: _FlowQuery, answer: bytes | None, error: BaseException | None) -> None:
-        try:
-            del self._in_flight[pending]
-        except KeyError:
+        if not pending.listed:
             return  # the flow closed first: nothing is delivered
+        prev, nxt = pending.prev, pending.next
+        if prev is None:
+            self._first = nxt
+        else:
+            prev.next = nxt
+        if nxt is None:
+            self._last = prev
+        else:
+            nxt.prev = prev
+        pending.prev = pending.next = None
+        pending.listed = False
+        self._count -= 1
         handle, pending.handle = pending.handle, None
         data, query, endpoint = pending.data, pending.query, pending.endpoint
         self._admission.release()
@@ -242,7 +264,7 @@ class Flow:
             # A failure inside submit() comes before the flow holds the handle: the error names the upstream.
             upstream = getattr(handle, "upstream", None) or getattr(error, "upstream", None)
             self._send(answer, endpoint, query, outcome, pending.deadline - self._timeout, upstream)
-        if not self._in_flight and self._idle is not None and not self._idle.done():
+        if not self._count and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
     # ------------------------------------------------------------ output
@@ -301,13 +323,19 @@ class Flow:
             return
         self.closed = True
         self._buffer.clear()
-        in_flight, self._in_flight = self._in_flight, {}
-        for pending in in_flight:
+        pending = self._first
+        self._first = self._last = None
+        self._count = 0
+        while pending is not None:
+            nxt = pending.next
+            pending.prev = pending.next = None
+            pending.listed = False
             self._admission.release()
             self._stats.cancelled += 1
             handle, pending.handle = pending.handle, None
             if handle is not None:
                 handle.cancel()
+            pending = nxt
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
         self._stats.flows_closed += 1
@@ -320,7 +348,7 @@ class Flow:
 
     async def drain(self, timeout: float) -> None:
         """Let the queries in flight finish for up to ``timeout`` seconds, then close."""
-        if self._in_flight and not self.closed:
+        if self._count and not self.closed:
             self._idle = asyncio.get_running_loop().create_future()
             await asyncio.wait([self._idle], timeout=timeout)
         self.close()

@@ -20,6 +20,7 @@ cdef class StreamClient:
     cdef public dict _pending
     cdef public set _orphans
     cdef public set _probes
+    cdef public bytearray _used
     cdef public list _out
     cdef public bytearray _rbuf
     cdef public Py_ssize_t _rlen
@@ -30,14 +31,17 @@ cdef class StreamClient:
     cdef public Py_ssize_t unexpected_answers
     cdef public Py_ssize_t answered
 
-    @cython.locals(n=int)
+    @cython.locals(n=int, used=bytearray)
     cpdef _allocate_id(self)
+    @cython.locals(n=int)
+    cpdef _release(self, query_id)
     @cython.locals(n=Py_ssize_t)
     cpdef list receive_data(self, data, double now)
     @cython.locals(room=Py_ssize_t, grown=bytearray)
     cpdef get_buffer(self, Py_ssize_t sizehint)
     @cython.locals(buf=bytearray, off=Py_ssize_t, n=Py_ssize_t, length=Py_ssize_t, end=Py_ssize_t, rest=Py_ssize_t)
     cpdef list buffer_updated(self, Py_ssize_t nbytes, double now)
+    @cython.locals(n=int)
     cpdef send_query(self, data, double now, Query query=*)
     @cython.locals(pending=_Pending, units=int)
     cpdef _answer(self, bytearray data, Py_ssize_t start, Py_ssize_t end, double now, list events)

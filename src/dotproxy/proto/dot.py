@@ -71,6 +71,8 @@ class StreamClient:
         self._pending: dict[int, _Pending] = {}
         self._orphans: set[int] = set()
         self._probes: set[int] = set()
+        # Bit n set: ID n is pending, orphaned or a probe's (the allocator reads this, not three maps).
+        self._used = bytearray(_U16_MAX // 8)
         self._out: list[bytes] = []
         self._rbuf = bytearray()  # input; [0:_rlen]: bytes of an incomplete message
         self._rlen = 0
@@ -107,12 +109,14 @@ class StreamClient:
         if query is None:
             query = parse_query(data)
         query_id = self._allocate_id()
+        n = query_id
         frame = frame_query(data, query_id, self._pad_block or None, keepalive=self._keepalive)
         pending = _Pending.__new__(_Pending)  # no __init__ call: cheaper per query when compiled
         pending.query = query
         pending.strip_opt = self._pad_block is not None and query.edns is None
         pending.sent_at = now
         self._pending[query_id] = pending
+        self._used[n >> 3] |= 1 << (n & 7)
         self._out.append(frame)
         return query_id
 
@@ -121,19 +125,20 @@ class StreamClient:
         (DoT has no PING). Its answer is dropped quietly."""
         query_id = self._allocate_id()
         self._probes.add(query_id)
+        n = query_id
+        self._used[n >> 3] |= 1 << (n & 7)
         self._out.append(frame_query(_PROBE, query_id, self._pad_block or None, keepalive=self._keepalive))
         return query_id
 
     def _allocate_id(self) -> int:
         if len(self._pending) + len(self._orphans) + len(self._probes) >= _U16_MAX:
             raise OverflowError("every DNS message ID of this connection is in use")
+        used = self._used
         n = self._next_id
-        query_id = n  # one Python int for the three lookups, the maps and the caller (compiled: one box)
-        while query_id in self._pending or query_id in self._orphans or query_id in self._probes:
+        while used[n >> 3] & (1 << (n & 7)):
             n = (n + 1) & 0xFFFF
-            query_id = n
         self._next_id = (n + 1) & 0xFFFF
-        return query_id
+        return n  # compiled: boxed once here, then a dict key in the core and the connection
 
     def cancel(self, query_id: int) -> None:
         """Give up on a query: its ID stays reserved until its answer arrives or the connection ends."""
@@ -154,6 +159,7 @@ class StreamClient:
         self._pending.clear()
         self._orphans.clear()
         self._probes.clear()
+        self._used = bytearray(_U16_MAX // 8)
         self._out.clear()
         self._rlen = 0
         return lost
@@ -224,12 +230,18 @@ class StreamClient:
             events.append(UnexpectedAnswerDropped(wire_id, "answer is for another question"))
             return
         del self._pending[wire_id]
+        self._release(wire_id)
         self.answered += 1
         units = self._match.keepalive  # units of 100 ms; -1: the answer said nothing
         if units >= 0 and self._keepalive and units != self._keepalive_units:
             self._keepalive_units = units
             events.append(KeepaliveReceived(units / 10))
         events.append(answer_received(wire_id, answer, now - pending.sent_at))
+
+    def _release(self, query_id: int) -> None:
+        """``query_id`` is free again."""
+        n = query_id
+        self._used[n >> 3] &= ~(1 << (n & 7)) & 0xFF
 
     def _unmatched(self, message: bytes, events: list) -> None:
         """A message whose ID is no query's in flight: malformed, late, a probe's, or unknown."""
@@ -241,10 +253,12 @@ class StreamClient:
             return
         if wire_id in self._orphans:
             self._orphans.discard(wire_id)
+            self._release(wire_id)
             self.late_answers += 1
             events.append(LateAnswerDropped(wire_id))
         elif wire_id in self._probes:
             self._probes.discard(wire_id)
+            self._release(wire_id)
         else:
             self.unexpected_answers += 1
             events.append(UnexpectedAnswerDropped(wire_id, "no query has this ID"))
