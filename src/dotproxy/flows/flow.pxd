@@ -72,7 +72,7 @@ cdef class Flow:
 
     @cython.locals(off=Py_ssize_t, n=Py_ssize_t, length=Py_ssize_t)
     cpdef receive(self, data, endpoint=*)
-    @cython.locals(pending=_FlowQuery, last=_FlowQuery, deadline=double, query=Query)
+    @cython.locals(pending=_FlowQuery, last=_FlowQuery, now=double, deadline=double, query=Query)
     cpdef _query(self, data, endpoint)
     @cython.locals(prev=_FlowQuery, nxt=_FlowQuery)
     cpdef _resolved(self, _FlowQuery pending, answer, error)

@@ -192,7 +192,8 @@ class Flow:
             self._send(wire.make_error(data, REFUSED, ede=(EDE_NOT_READY, "overloaded")), endpoint, query,
                        "refused")
             return
-        deadline = self._time() + self._timeout
+        now = self._time()
+        deadline = now + self._timeout
         # Built field by field (no __init__ call: cheaper per query when compiled).
         pending = _FlowQuery.__new__(_FlowQuery)
         pending.flow = self
@@ -212,7 +213,7 @@ class Flow:
         self._count += 1
         try:
             if self._pool is not None:
-                handle = self._pool.submit_parsed(data, query, deadline, pending)  # a C call when compiled
+                handle = self._pool.submit_parsed(data, query, deadline, pending, now)  # a C call when compiled
             else:
                 handle = self._resolve(data, query, deadline, pending)
         except Exception as e:  # a bug must cost this query a SERVFAIL, not the flow or the engine

@@ -83,14 +83,14 @@ cdef class PooledUpstream(Upstream):
     cdef public Py_ssize_t _spread_at
     cdef public Py_ssize_t _pool_size
 
-    cpdef submit_parsed(self, data, query, double deadline, callback)
+    cpdef submit_parsed(self, data, query, double deadline, callback, double now=*)
     cpdef capacity(self, PooledConnection conn)
     cpdef refusing(self, double now)
 
     @cython.locals(best=PooledConnection, conn=PooledConnection, quiet_after=double, load=Py_ssize_t, best_load=Py_ssize_t)
     cpdef PooledConnection _pick(self, bint fresh, double now)
-    @cython.locals(now=double, conn=PooledConnection)
-    cpdef _place(self, Ticket ticket)
+    @cython.locals(conn=PooledConnection)
+    cpdef _place(self, Ticket ticket, double now)
     cpdef _submit_on(self, PooledConnection conn, Ticket ticket, double now)
     @cython.locals(ticket=Ticket, conn=PooledConnection, now=double)
     cpdef _pump(self)

@@ -466,9 +466,11 @@ class PooledUpstream(Upstream):
             query = wire.parse_query(data)
         return self.submit_parsed(data, query, deadline, callback)
 
-    def submit_parsed(self, data: bytes, query: wire.Query, deadline: float, callback: Callback) -> Ticket | None:
+    def submit_parsed(self, data: bytes, query: wire.Query, deadline: float, callback: Callback,
+                      now: float = -1.0) -> Ticket | None:
         """:meth:`submit` for a caller that parsed the query and knows its deadline (a flow, on
-        every query): all arguments given, and a closed upstream says so through ``callback``."""
+        every query): all arguments given, and a closed upstream says so through ``callback``.
+        ``now``: the loop's time, if the caller has just read it (one clock read less per query)."""
         if self._closed:
             callback(None, ConnectionFailed("upstream is closed", upstream=self.name))
             return None
@@ -477,7 +479,7 @@ class PooledUpstream(Upstream):
             self._deadlines = Deadlines(self.loop)
         self.stats.queries += 1
         ticket = Ticket.start(self, data, query, deadline, callback)
-        self._place(ticket)
+        self._place(ticket, self.loop.time() if now < 0 else now)
         return ticket
 
     async def query(self, data: bytes, *, deadline: float | None = None) -> bytes:
@@ -583,9 +585,8 @@ class PooledUpstream(Upstream):
             return rebuilt
         return None
 
-    def _place(self, ticket: Ticket) -> None:
+    def _place(self, ticket: Ticket, now: float) -> None:
         """Put ``ticket`` on the best connection, or in the queue (dialling if there is room)."""
-        now = self.loop.time()
         if self._queue:  # first come, first placed
             self._queue[ticket] = None
             self._pump()
@@ -648,7 +649,7 @@ class PooledUpstream(Upstream):
         elif reason.refused:
             ticket.moves += 1
         self.stats.retries += 1
-        self._place(ticket)
+        self._place(ticket, self.loop.time())
 
     def _dial(self) -> None:
         self._dial_task = self._tasks.spawn(self._connect(), name=f"dial {self.name}")
