@@ -109,14 +109,13 @@ class StreamClient:
         if query is None:
             query = parse_query(data)
         query_id = self._allocate_id()
-        n = query_id
         frame = frame_query(data, query_id, self._pad_block or None, keepalive=self._keepalive)
         pending = _Pending.__new__(_Pending)  # no __init__ call: cheaper per query when compiled
         pending.query = query
         pending.strip_opt = self._pad_block is not None and query.edns is None
         pending.sent_at = now
         self._pending[query_id] = pending
-        self._used[n >> 3] |= 1 << (n & 7)
+        self._reserve(query_id)
         self._out.append(frame)
         return query_id
 
@@ -125,8 +124,7 @@ class StreamClient:
         (DoT has no PING). Its answer is dropped quietly."""
         query_id = self._allocate_id()
         self._probes.add(query_id)
-        n = query_id
-        self._used[n >> 3] |= 1 << (n & 7)
+        self._reserve(query_id)
         self._out.append(frame_query(_PROBE, query_id, self._pad_block or None, keepalive=self._keepalive))
         return query_id
 
@@ -237,6 +235,11 @@ class StreamClient:
             self._keepalive_units = units
             events.append(KeepaliveReceived(units / 10))
         events.append(answer_received(wire_id, answer, now - pending.sent_at))
+
+    def _reserve(self, query_id: int) -> None:
+        """``query_id`` is in use (pending, then maybe orphaned; or a probe's) until released."""
+        n = query_id
+        self._used[n >> 3] |= 1 << (n & 7)
 
     def _release(self, query_id: int) -> None:
         """``query_id`` is free again."""
