@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from wire_strategies import queries, responses
+from wire_strategies import mutate, queries, responses
 from wire_support import (
     check_padded,
     expected_aged,
@@ -212,27 +212,7 @@ def test_random_body_agree(both, head, body):
 
 @st.composite
 def mutated(draw):
-    data = bytearray(draw(messages))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["set", "set", "flip", "insert", "delete", "pointer", "count", "length"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "set" and data:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "flip" and data:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=4))
-        elif op == "delete":
-            del data[pos : pos + draw(st.integers(1, 4))]
-        elif op == "pointer" and len(data) > 2:
-            target = draw(st.integers(0, len(data) + 2))
-            data[pos : pos + 2] = struct.pack("!H", 0xC000 | target)
-        elif op == "count" and len(data) >= 12:
-            i = draw(st.sampled_from([4, 6, 8, 10]))
-            data[i : i + 2] = struct.pack("!H", draw(st.integers(0, 4)))
-        elif op == "length" and data:
-            data[pos] = draw(st.sampled_from([0, 1, 0x3F, 0x40, 0x7F, 0x80, 0xBF, 0xC0, 0xFF]))
-    return bytes(data)
+    return mutate(draw, draw(messages))
 
 
 @settings(max_examples=400)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import dns.edns
 import dns.flags
 import dns.message
@@ -192,3 +194,35 @@ def responses(draw):
         r.authority.extend(draw(st.lists(records(pool, st.just(6)), min_size=1, max_size=2)))
     r.additional.extend(draw(st.lists(records(pool), max_size=3)))
     return r.to_wire(max_size=65535)
+
+
+#: Byte-level mutations of a valid message (weights by repetition); "id pointer" also points a name
+#: at the ID bytes and sets an ID that reads as a label there.
+MUTATIONS = ("set", "set", "flip", "insert", "delete", "pointer", "count", "length")
+
+
+def mutate(draw, data: bytes, ops=MUTATIONS, max_count: int = 4) -> bytes:
+    """``data`` with one to four mutations drawn from ``ops`` (section counts set to 0..``max_count``)."""
+    data = bytearray(data)
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(ops))
+        pos = draw(st.integers(0, max(len(data) - 1, 0)))
+        if op == "set" and data:
+            data[pos] = draw(st.integers(0, 255))
+        elif op == "flip" and data:
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=4))
+        elif op == "delete":
+            del data[pos : pos + draw(st.integers(1, 4))]
+        elif op == "pointer" and len(data) > 2:
+            data[pos : pos + 2] = struct.pack("!H", 0xC000 | draw(st.integers(0, len(data) + 2)))
+        elif op == "id pointer" and len(data) > 14:
+            data[pos : pos + 2] = struct.pack("!H", 0xC000 | draw(st.integers(0, 1)))
+            data[0:2] = draw(st.sampled_from([b"\x00\x00", b"\x01\x00", b"\x00\x01", b"\x00\xc0"]))
+        elif op == "count" and len(data) >= 12:
+            i = draw(st.sampled_from([4, 6, 8, 10]))
+            data[i : i + 2] = struct.pack("!H", draw(st.integers(0, max_count)))
+        elif op == "length" and data:
+            data[pos] = draw(st.sampled_from([0, 1, 0x3F, 0x40, 0x7F, 0x80, 0xBF, 0xC0, 0xFF]))
+    return bytes(data)
