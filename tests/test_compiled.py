@@ -19,13 +19,17 @@ from dotproxy import compiled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: Run again on the Python twins: teardown at every point, answers and errors, DoT framing.
+#: Run again on the Python twins: teardown at every point, answers and errors, DoT framing,
+#: DoH/2 frames and HPACK.
 TWIN_SUITE = (
     "tests/engine/test_chaos.py",
     "tests/engine/test_engine_flows.py",
     "tests/engine/test_engine_garbage.py",
     "tests/upstream/test_dot_core.py",
     "tests/upstream/test_deadlines.py",
+    "tests/upstream/test_doh_core.py",
+    "tests/upstream/test_doh_frames.py",
+    "tests/upstream/test_doh_hpack.py",
 )
 
 

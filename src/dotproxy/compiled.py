@@ -25,6 +25,10 @@ COMPILED_MODULES = (
     "dotproxy.proto.dot",
     "dotproxy.flows.flow",
     "dotproxy.listeners.sockets",
+    "dotproxy.proto.http2",
+    "dotproxy.proto.hpack_lite",
+    "dotproxy.proto.doh",
+    "dotproxy.upstream.doh",
 )
 
 PURE_PYTHON = os.environ.get("DOTPROXY_PURE_PYTHON", "") not in ("", "0")

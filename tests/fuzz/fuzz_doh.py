@@ -8,8 +8,12 @@ queries open. The first byte says where to cut it into reads; the rest is the
 byte stream. The harness fails (libFuzzer reports a crash) when anything raises
 out of receive_data, when an event is not one of DohClient's, when the client
 reports an error of its own (a ConnectionBroken whose reason is "HTTP/2 client
-error": a bug, caught by the last-resort handler), or when queries leak (not
-answered, failed or handed back, yet no longer outstanding).
+error": a bug, caught by the last-resort handler), when queries leak (not
+answered, failed or handed back, yet no longer outstanding), or when the client
+as built (Cython, C types from doh.pxd) and its Python source disagree on any
+event or on what is left outstanding. The source is what atheris instruments
+(compiled code gives it no coverage), so the search is guided by the twin and
+every input is checked on both.
 
 ``--seeds DIR`` writes a few valid server byte streams into DIR and exits.
 """
@@ -32,11 +36,38 @@ from dotproxy.testing import default_answer  # noqa: E402
 QUERIES = [dns.message.make_query(f"f{i}.example", "A", id=0x5A5A + i).to_wire() for i in range(3)]  # fixed IDs: reproducible
 
 
-def _client():
-    from dotproxy.proto import http2 as h
-    from dotproxy.proto.doh import DohClient
+def _twins() -> dict:
+    """``dotproxy.proto.{http2,hpack_lite,doh}`` loaded from their .py files, beside the modules
+    the package imported (the extensions, where built). While they load, the source modules
+    stand in for the built ones, so the twin DohClient decodes with the twin HPACK decoder."""
+    import importlib.util
 
-    c = DohClient(authority="dns.test")
+    import dotproxy.proto.doh  # noqa: F401 (as built, first)
+
+    saved, twins = {}, {}
+    try:
+        for leaf in ("http2", "hpack_lite", "doh"):
+            name = f"dotproxy.proto.{leaf}"
+            spec = importlib.util.spec_from_file_location(name, os.path.join(SRC, "dotproxy", "proto", leaf + ".py"))
+            module = importlib.util.module_from_spec(spec)
+            saved.setdefault(name, sys.modules[name])
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            twins[leaf] = module
+    finally:
+        sys.modules.update(saved)
+    return twins
+
+
+_TWINS: dict = {}
+
+
+def _client(doh=None):
+    from dotproxy.proto import http2 as h
+
+    if doh is None:
+        import dotproxy.proto.doh as doh
+    c = doh.DohClient(authority="dns.test")
     c.receive_data(h.settings_frame({}), 0.0)
     ids = [c.send_query(q, 0.0) for q in QUERIES]
     c.data_to_send()
@@ -65,31 +96,60 @@ def seeds() -> list[bytes]:
     return out
 
 
-def one_input(data: bytes) -> None:
-    from dotproxy.proto.doh import AnswerReceived, ConnectionBroken, GoAwayReceived, PingAcknowledged, QueryFailed
+def _summary(ev) -> tuple:
+    """What must be the same whichever implementation made ``ev`` (classes differ by module)."""
+    kind = type(ev).__name__
+    if kind == "AnswerReceived":
+        return (kind, ev.query_id, ev.data)
+    if kind == "QueryFailed":
+        return (kind, ev.query_id, type(ev.error).__name__, ev.error.detail, ev.retry)
+    if kind == "GoAwayReceived":
+        return (kind, list(ev.unprocessed), int(ev.error_code))
+    if kind == "ConnectionBroken":
+        return (kind, ev.reason, list(ev.query_ids))
+    if kind == "PingAcknowledged":
+        return (kind,)
+    raise AssertionError(f"unknown event {ev!r}")
 
-    if not data:
-        return
+
+def _run(data: bytes, doh=None) -> list:
+    """Feed the input to a fresh client; check it; return the events' summaries and what is left."""
     cut = data[0] or 1
     stream = data[1:]
-    c, ids = _client()
+    c, ids = _client(doh)
     settled = set()
+    seen = []
     for i in range(0, len(stream), cut):
         for ev in c.receive_data(stream[i : i + cut], 1.0):
-            kind = type(ev)
-            if kind is ConnectionBroken:
+            summary = _summary(ev)
+            seen.append(summary)
+            kind = summary[0]
+            if kind == "ConnectionBroken":
                 if ev.reason.startswith("HTTP/2 client error"):
                     raise AssertionError(f"the client failed on its own: {ev.reason}")
                 settled.update(ev.query_ids)
-            elif kind is GoAwayReceived:
+            elif kind == "GoAwayReceived":
                 settled.update(ev.unprocessed)
-            elif kind in (AnswerReceived, QueryFailed):
+            elif kind in ("AnswerReceived", "QueryFailed"):
                 settled.add(ev.query_id)
-            elif kind is not PingAcknowledged:
-                raise AssertionError(f"unknown event {ev!r}")
-        c.data_to_send()
+        seen.append(("sent", c.data_to_send()))
     if c.outstanding + len(settled) != len(ids):
         raise AssertionError(f"{len(ids)} queries, {len(settled)} settled, {c.outstanding} outstanding")
+    seen.append(("outstanding", c.outstanding, c.accepting))
+    return seen
+
+
+def one_input(data: bytes) -> None:
+    if not data:
+        return
+    if not _TWINS:
+        _TWINS.update(_twins())
+    built = _run(data)
+    source = _run(data, _TWINS["doh"])
+    if built != source:
+        at = next(i for i, (a, b) in enumerate(zip(built + [None], source + [None])) if a != b)
+        raise AssertionError(f"the built client and its source disagree at step {at}: "
+                             f"{built[at] if at < len(built) else None!r} != {source[at] if at < len(source) else None!r}")
 
 
 def main() -> None:
@@ -100,10 +160,15 @@ def main() -> None:
         return
     import atheris
 
-    with atheris.instrument_imports():
-        import dotproxy.proto.doh  # noqa: F401
-        import dotproxy.proto.hpack_lite  # noqa: F401
-        import dotproxy.proto.http2  # noqa: F401
+    _TWINS.update(_twins())
+    for module in _TWINS.values():  # coverage from the source twins (the extensions give none)
+        for value in vars(module).values():
+            if getattr(value, "__module__", None) == module.__name__ and isinstance(value, type):
+                for attr in vars(value).values():
+                    if hasattr(attr, "__code__"):
+                        atheris.instrument_func(attr)
+            elif getattr(value, "__module__", None) == module.__name__ and hasattr(value, "__code__"):
+                atheris.instrument_func(value)
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from dotproxy import wire
 from dotproxy.errors import BadResponse, UpstreamError, UpstreamRefused, WireError
 from dotproxy.proto import http2 as h
-from dotproxy.proto.answers import AnswerReceived, answers, for_client, question_of
+from dotproxy.proto.answers import AnswerReceived, answer_received, answers, for_client, question_of  # noqa: F401 (AnswerReceived: for upstream.doh)
 from dotproxy.proto.hpack_lite import Decoder, HpackError, encode_indexed, encode_literal, static_index
 from dotproxy.proto.http2 import ErrorCode, H2ProtocolError
 
@@ -59,11 +59,28 @@ _OUR_SETTINGS = h.settings_frame({
 _PREFACE = h.PREFACE + _OUR_SETTINGS + h.window_update_frame(0, _CONNECTION_WINDOW_BOOST)
 _SETTINGS_ACK = h.frame(h.SETTINGS, h.ACK, 0)
 
-_unpack_header = h.FRAME_HEADER.unpack_from
 _pack_header = h.FRAME_HEADER.pack
 _U32 = h._U32
 _U32x2 = h._U32x2
 _SETTING = h._SETTING
+
+# The numbers the per-frame paths compare against, as module names of their own (C integers
+# when compiled: no attribute look-up on ``h`` per frame).
+_DATA = h.DATA
+_HEADERS = h.HEADERS
+_PRIORITY = h.PRIORITY
+_RST_STREAM = h.RST_STREAM
+_SETTINGS = h.SETTINGS
+_PUSH_PROMISE = h.PUSH_PROMISE
+_PING = h.PING
+_GOAWAY = h.GOAWAY
+_WINDOW_UPDATE = h.WINDOW_UPDATE
+_CONTINUATION = h.CONTINUATION
+_END_STREAM = h.END_STREAM
+_END_HEADERS = h.END_HEADERS
+_PADDED = h.PADDED
+_PRIORITY_FLAG = h.PRIORITY_FLAG
+_MAX_FRAME = h.DEFAULT_MAX_FRAME_SIZE
 
 
 # ----------------------------------------------------------------- events (past tense)
@@ -99,23 +116,35 @@ class ConnectionBroken:
     query_ids: list[int]
 
 
-@dataclass(slots=True)
 class _Request:
-    query_id: int
-    client_id: int
-    question: tuple
-    strip_opt: bool
-    block: bytes  # the request's HPACK header block
-    body: bytes  # what remains to send
-    sent_at: float
-    stream_id: int | None = None
-    send_window: int = 0
-    status: bytes | None = None  # the final (non-1xx) status, once its HEADERS arrived
-    content_type: bytes | None = None
-    content_length: int | None = None  # as the final head declared it
-    chunks: list | None = None
-    received: int = 0
-    failed: bool = False
+    """One query's HTTP/2 request: queued, then a stream, until its answer or failure."""
+
+    __slots__ = ("query_id", "client_id", "question", "strip_opt", "block", "body", "sent_at", "stream_id",
+                 "send_window", "status", "content_type", "content_length", "chunks", "received", "failed")
+    # block: the request's HPACK header block; body: what remains to send.
+    # status: the final (non-1xx) status once its HEADERS arrived; content_length: as that head declared it.
+
+
+def _request(query_id: int, client_id: int, question: tuple, strip_opt: bool, block: bytes, body: bytes,
+             sent_at: float) -> _Request:
+    """A queued request, built field by field (one per query: no constructor call when compiled)."""
+    request = _Request.__new__(_Request)
+    request.query_id = query_id
+    request.client_id = client_id
+    request.question = question
+    request.strip_opt = strip_opt
+    request.block = block
+    request.body = body
+    request.sent_at = sent_at
+    request.stream_id = None
+    request.send_window = 0
+    request.status = None
+    request.content_type = None
+    request.content_length = None
+    request.chunks = None
+    request.received = 0
+    request.failed = False
+    return request
 
 
 class DohClient:
@@ -139,6 +168,7 @@ class DohClient:
         self._post_fields = (self._block_head + encode_literal(4, self._path) + self._accept
                              + encode_literal(static_index(b"content-type"), CONTENT_TYPE)
                              + encode_literal(static_index(b"content-length"), b"")[:-1])
+        self._post_blocks: dict[int, bytes] = {}  # body length -> the request's header block
         self._out = bytearray(_PREFACE)
         self._inbuf = b""
         self._decoder = Decoder(max_header_list_size=_MAX_HEADER_LIST)
@@ -177,6 +207,9 @@ class DohClient:
 
     @property
     def stream_limit(self) -> int:
+        return self._stream_limit()
+
+    def _stream_limit(self) -> int:
         if not self._settings_seen:
             return min(_DEFAULT_STREAM_LIMIT, self._max_streams)
         if self._peer_max_streams is None:
@@ -203,13 +236,17 @@ class DohClient:
             block = self._block_head + encode_literal(4, self._path + b"?dns=" + dns) + self._accept
             body = b""
         else:
-            length = b"%d" % len(out)
-            block = self._post_fields + bytes((len(length),)) + length
+            block = self._post_blocks.get(len(out))
+            if block is None:
+                length = b"%d" % len(out)
+                block = self._post_fields + bytes((len(length),)) + length
+                if len(self._post_blocks) < 256:
+                    self._post_blocks[len(out)] = block
             body = out
         query_id = self._next_query_id
         self._next_query_id += 1
-        request = _Request(query_id, query.id, question_of(query),
-                           self._pad_block is not None and query.edns is None, block, body, now)
+        request = _request(query_id, query.id, question_of(query), self._pad_block is not None and query.edns is None,
+                           block, body, now)
         self._requests[query_id] = request
         self._queue.append(request)
         self._open_streams()
@@ -287,43 +324,43 @@ class DohClient:
         pos = 0
         try:
             while n - pos >= 9:
-                length_type, flags, sid = _unpack_header(buf, pos)
-                length = length_type >> 8
-                if length > h.DEFAULT_MAX_FRAME_SIZE:
+                length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
+                ftype = buf[pos + 3]
+                flags = buf[pos + 4]
+                sid = ((buf[pos + 5] & 0x7F) << 24) | (buf[pos + 6] << 16) | (buf[pos + 7] << 8) | buf[pos + 8]
+                if length > _MAX_FRAME:
                     raise H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes")
                 end = pos + 9 + length
                 if end > n:
                     break
-                ftype = length_type & 0xFF
-                sid &= 0x7FFFFFFF
                 payload = buf[pos + 9 : end]
                 pos = end
-                if self._continuing and ftype != h.CONTINUATION:
+                if self._continuing and ftype != _CONTINUATION:
                     raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "header block interrupted by another frame")
-                if not self._settings_seen and ftype != h.SETTINGS:
+                if not self._settings_seen and ftype != _SETTINGS:
                     raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "the server's first frame is not SETTINGS")
-                if ftype == h.DATA:
+                if ftype == _DATA:
                     self._on_data(sid, flags, payload, now, out)
-                elif ftype == h.HEADERS:
+                elif ftype == _HEADERS:
                     self._on_headers(sid, flags, payload, now, out)
-                elif ftype == h.WINDOW_UPDATE:
+                elif ftype == _WINDOW_UPDATE:
                     self._on_window_update(sid, payload, out)
-                elif ftype == h.SETTINGS:
+                elif ftype == _SETTINGS:
                     self._on_settings(sid, flags, payload, out)
-                elif ftype == h.RST_STREAM:
+                elif ftype == _RST_STREAM:
                     self._on_rst_stream(sid, payload, out)
-                elif ftype == h.PING:
+                elif ftype == _PING:
                     self._on_ping(sid, flags, payload, now, out)
-                elif ftype == h.GOAWAY:
+                elif ftype == _GOAWAY:
                     self._on_goaway(sid, payload, out)
-                elif ftype == h.CONTINUATION:
+                elif ftype == _CONTINUATION:
                     self._on_continuation(sid, flags, payload, now, out)
-                elif ftype == h.PRIORITY:
+                elif ftype == _PRIORITY:
                     if sid == 0:
                         raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
                     if length != 5:
                         raise H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "PRIORITY not 5 bytes")
-                elif ftype == h.PUSH_PROMISE:
+                elif ftype == _PUSH_PROMISE:
                     raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE with push disabled")
                 # Unknown frame types are ignored (section 5.5).
         finally:
@@ -340,7 +377,7 @@ class DohClient:
 
     def _on_data(self, sid: int, flags: int, payload: bytes, now: float, out: list) -> None:
         flow = len(payload)
-        if flags & h.PADDED:
+        if flags & _PADDED:
             if not flow or payload[0] >= flow:
                 raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "DATA padding longer than the frame")
             payload = payload[1 : flow - payload[0]]
@@ -371,32 +408,32 @@ class DohClient:
                 return
             if payload:
                 request.chunks.append(payload)
-        if flags & h.END_STREAM:
+        if flags & _END_STREAM:
             self._end_stream(sid, now, out)
 
     def _on_headers(self, sid: int, flags: int, payload: bytes, now: float, out: list) -> None:
         if sid not in self._streams:
             self._check_stream(sid, "HEADERS")
         start, end = 0, len(payload)
-        if flags & h.PADDED:
+        if flags & _PADDED:
             if not end:
                 raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "HEADERS padding longer than the frame")
             end -= payload[0]
             start = 1
-        if flags & h.PRIORITY_FLAG:
+        if flags & _PRIORITY_FLAG:
             start += 5
         if end < start:
             raise H2ProtocolError(ErrorCode.PROTOCOL_ERROR, "HEADERS padding longer than the frame")
         if start or end != len(payload):
             payload = payload[start:end]
-        if flags & h.END_HEADERS:
-            self._on_header_block(sid, payload, flags & h.END_STREAM, now, out)
+        if flags & _END_HEADERS:
+            self._on_header_block(sid, payload, flags & _END_STREAM, now, out)
         else:
             self._continuing = sid
             self._fragments = [payload]
             self._fragments_size = len(payload)
             self._fragments_count = 0
-            self._fragments_end_stream = bool(flags & h.END_STREAM)
+            self._fragments_end_stream = bool(flags & _END_STREAM)
 
     def _on_continuation(self, sid: int, flags: int, payload: bytes, now: float, out: list) -> None:
         if not self._continuing or sid != self._continuing:
@@ -560,7 +597,7 @@ class DohClient:
         queue = self._queue
         if not queue:
             return
-        limit = self.stream_limit
+        limit = self._stream_limit()
         streams = self._streams
         out = self._out
         while queue and len(streams) < limit:
@@ -586,8 +623,8 @@ class DohClient:
                 self._table_size_update = False
                 block = _TABLE_SIZE_UPDATE + block
             if len(block) <= self._peer_max_frame:
-                out += _pack_header(len(block) << 8 | h.HEADERS,
-                                    h.END_HEADERS if request.body else h.END_HEADERS | h.END_STREAM, stream_id)
+                out += _pack_header(len(block) << 8 | _HEADERS,
+                                    _END_HEADERS if request.body else _END_HEADERS | _END_STREAM, stream_id)
                 out += block
             else:
                 out += h.headers_frames(stream_id, block, not request.body, self._peer_max_frame)
@@ -600,7 +637,13 @@ class DohClient:
         stream_id = request.stream_id
         out = self._out
         while body:
-            size = min(self._send_window, request.send_window, self._peer_max_frame, len(body))
+            size = len(body)  # the least of it and the windows and the frame size (min() is a call)
+            if self._send_window < size:
+                size = self._send_window
+            if request.send_window < size:
+                size = request.send_window
+            if self._peer_max_frame < size:
+                size = self._peer_max_frame
             if size <= 0:
                 request.body = body
                 self._blocked.append(request)
@@ -609,7 +652,7 @@ class DohClient:
                 chunk, body = body[:size], body[size:]
             else:
                 chunk, body = body, b""
-            out += _pack_header(size << 8 | h.DATA, 0 if body else h.END_STREAM, stream_id)
+            out += _pack_header(size << 8 | _DATA, 0 if body else _END_STREAM, stream_id)
             out += chunk
             self._send_window -= size
             request.send_window -= size
@@ -674,4 +717,4 @@ class DohClient:
             out.append(QueryFailed(request.query_id, BadResponse(f"malformed answer: {e.reason}",
                                                                  upstream=self._upstream)))
             return
-        out.append(AnswerReceived(request.query_id, data, now - request.sent_at))
+        out.append(answer_received(request.query_id, data, now - request.sent_at))
