@@ -218,6 +218,11 @@ class DohClient:
 
     @property
     def accepting(self) -> bool:
+        """Whether new queries may be sent (not going away, broken or closed)."""
+        return self.is_accepting()
+
+    def is_accepting(self) -> bool:
+        """:attr:`accepting` as a method (a C call from the compiled connection)."""
         return not self.going_away and not self.broken and not self._closed
 
     # -------------------------------------------------------------- input from the user

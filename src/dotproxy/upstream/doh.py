@@ -33,26 +33,30 @@ class DohConnection(PooledConnection):
     def __init__(self, pool: DohUpstream, loop) -> None:
         super().__init__(pool, loop)
         o = pool.options
-        self.core = DohClient(authority=pool.url.authority, path=pool.url.path, method=o.method,
-                              pad_block=o.pad_block, max_streams=o.max_outstanding, upstream=pool.name)
+        self.core = self._doh = DohClient(authority=pool.url.authority, path=pool.url.path, method=o.method,
+                                          pad_block=o.pad_block, max_streams=o.max_outstanding, upstream=pool.name)
+
+    def send_query(self, ticket, now: float) -> int:
+        return self._doh.send_query(ticket.data, now, ticket.query)  # typed when compiled: a C call
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self.schedule_flush()  # the connection preface and our SETTINGS
 
     def usable(self) -> bool:
-        return self.ready and not self.draining and self.core.accepting
+        return self.ready and not self.draining and self._doh.is_accepting()
 
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()
         pool = self.pool
         answered = False
-        for event in self.core.receive_data(data, now):
+        for event in self._doh.receive_data(data, now):
             kind = type(event)
             if kind is AnswerReceived:
                 answered = True
-                self.resolve(event.query_id, event.data)
-                pool._observe_rtt(event.rtt)
+                answer = event  # typed when compiled: its fields are read in C
+                self.resolve(answer.query_id, answer.data)
+                pool._observe_rtt(answer.rtt)
             elif kind is QueryFailed:
                 answered = True
                 if event.retry:
@@ -101,7 +105,10 @@ class DohUpstream(PooledUpstream):
         self._refusal: UpstreamError | None = None
 
     def capacity(self, conn: PooledConnection) -> int:
-        limit = min(conn.core.stream_limit, self._max_outstanding)
+        core = conn.core  # typed when compiled: a C call below
+        limit = core._stream_limit()
+        if limit > self._max_outstanding:
+            limit = self._max_outstanding
         # While another connection is on its way (or may be dialled), queries past the stream
         # limit wait in the pool, so that the new connection takes them when it is ready: in a
         # connection's own queue they would wait for its streams even with the other one idle
