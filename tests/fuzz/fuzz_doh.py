@@ -44,6 +44,7 @@ def _twins() -> dict:
 
     import dotproxy.proto.doh  # noqa: F401 (as built, first)
 
+    package = sys.modules["dotproxy.proto"]
     saved, twins = {}, {}
     try:
         for leaf in ("http2", "hpack_lite", "doh"):
@@ -51,11 +52,19 @@ def _twins() -> dict:
             spec = importlib.util.spec_from_file_location(name, os.path.join(SRC, "dotproxy", "proto", leaf + ".py"))
             module = importlib.util.module_from_spec(spec)
             saved.setdefault(name, sys.modules[name])
+            # Both ways in: ``import dotproxy.proto.x`` reads sys.modules, ``from dotproxy.proto import x``
+            # the package's attribute.
             sys.modules[name] = module
+            setattr(package, leaf, module)
             spec.loader.exec_module(module)
             twins[leaf] = module
     finally:
         sys.modules.update(saved)
+        for name, module in saved.items():
+            setattr(package, name.rpartition(".")[2], module)
+    for leaf, module in twins.items():
+        assert module.__file__.endswith(".py"), module.__file__
+    assert twins["doh"].h is twins["http2"] and twins["doh"].Decoder is twins["hpack_lite"].Decoder
     return twins
 
 
@@ -152,6 +161,24 @@ def one_input(data: bytes) -> None:
                              f"{built[at] if at < len(built) else None!r} != {source[at] if at < len(source) else None!r}")
 
 
+def _functions(value) -> list:
+    """The Python functions of a module-level function or class (methods, properties, static and
+    class methods), for atheris to instrument."""
+    if hasattr(value, "__code__"):
+        return [value]
+    if not isinstance(value, type):
+        return []
+    found = []
+    for attr in vars(value).values():
+        if isinstance(attr, property):
+            found += [f for f in (attr.fget, attr.fset, attr.fdel) if f is not None]
+        elif isinstance(attr, (staticmethod, classmethod)):
+            found.append(attr.__func__)
+        elif hasattr(attr, "__code__"):
+            found.append(attr)
+    return [f for f in found if hasattr(f, "__code__")]
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--seeds":
         for i, s in enumerate(seeds()):
@@ -160,15 +187,19 @@ def main() -> None:
         return
     import atheris
 
+    import dotproxy.proto.doh
+    from dotproxy import compiled
+
+    if dotproxy.proto.doh.__file__.endswith(".py") and not compiled.PURE_PYTHON:
+        # Built against itself the comparison would prove nothing: build first (pip install -e .).
+        raise SystemExit(f"the DoH core is not built: {dotproxy.proto.doh.__file__}")
     _TWINS.update(_twins())
     for module in _TWINS.values():  # coverage from the source twins (the extensions give none)
         for value in vars(module).values():
-            if getattr(value, "__module__", None) == module.__name__ and isinstance(value, type):
-                for attr in vars(value).values():
-                    if hasattr(attr, "__code__"):
-                        atheris.instrument_func(attr)
-            elif getattr(value, "__module__", None) == module.__name__ and hasattr(value, "__code__"):
-                atheris.instrument_func(value)
+            if getattr(value, "__module__", None) != module.__name__:
+                continue
+            for func in _functions(value):
+                atheris.instrument_func(func)
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
 

@@ -7,7 +7,7 @@ from dotproxy.upstream.pool cimport PooledConnection, PooledUpstream, Ticket
 
 
 cdef class DohConnection(PooledConnection):
-    cdef public DohClient _doh  # self.core, typed
+    cdef readonly DohClient _doh  # self.core, typed (set once, with it)
 
     cpdef send_query(self, Ticket ticket, double now)
     cpdef bint usable(self) except -1
