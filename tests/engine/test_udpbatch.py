@@ -201,3 +201,74 @@ def test_quickack_sets_the_option_on_a_tcp_socket_and_refuses_others(impl):
             assert tcp.fileno() >= 0  # borrowed, not closed
         with pytest.raises(OSError):
             impl.quickack(udp.fileno())
+
+
+class _HeldResolver:
+    """Holds each query's answer callback until the test answers it (an engine flow's resolver)."""
+
+    def __init__(self) -> None:
+        self.pending = []
+
+    def __call__(self, data, query, deadline, sink):
+        self.pending.append((data, sink))
+        return self
+
+    def cancel(self) -> None:
+        pass
+
+    def answer(self, i: int = 0) -> None:
+        data, sink = self.pending.pop(i)
+        sink.resolved(data[:2] + b"\x81\x80" + data[4:], None)  # the query echoed as a NOERROR answer
+
+
+def test_listener_sends_at_once_an_answer_that_leaves_nothing_in_flight(run):
+    import dns.message
+
+    from dotproxy.flows.flow import Admission, Flow, FlowStats
+
+    async def main():
+        a, b = _pair(socket.AF_INET, "127.0.0.1")
+        resolver = _HeldResolver()
+        listener = BatchUdpListener(
+            lambda kind, deliver, name: Flow(kind, resolver, deliver, timeout=4.0, admission=Admission(100),
+                                             stats=FlowStats(), name=name), "test", a)
+        queries = [dns.message.make_query(f"q{i}.example", "A", id=i).to_wire() for i in range(3)]
+
+        def readable_now() -> list:
+            got = []
+            while True:
+                try:
+                    got.append(b.recv(512))
+                except BlockingIOError:
+                    return got
+
+        for q in queries[:2]:
+            b.sendto(q, a.getsockname())
+        while len(resolver.pending) < 2:
+            await asyncio.sleep(0.001)
+        resolver.answer()  # one still in flight: this answer waits for the loop iteration's others
+        assert readable_now() == [] and len(listener._out) == 1
+        resolver.answer()  # joins it: one sendmmsg when the loop runs its callbacks
+        assert readable_now() == []
+        await asyncio.sleep(0.01)
+        assert [m[:2] for m in readable_now()] == [b"\x00\x00", b"\x00\x01"]
+
+        b.sendto(queries[2], a.getsockname())
+        while not resolver.pending:
+            await asyncio.sleep(0.001)
+        resolver.answer()  # nothing else in flight: it goes before this call returns
+        assert [m[:2] for m in readable_now()] == [b"\x00\x02"] and not listener._out
+
+        # Answers made while a batch is read (FORMERR here) wait for the batch, whatever is in flight.
+        listener.loop.remove_reader(listener._fd)
+        for i in range(3):
+            b.sendto(b"\x00%c\x01\x00\x00\x02" % i + b"\x00" * 6, a.getsockname())  # QDCOUNT 2: FORMERR
+        _wait_readable(a)
+        listener._readable()
+        assert len(listener._out) == 3 and readable_now() == []
+        await asyncio.sleep(0.01)
+        assert sorted(m[:2] for m in readable_now()) == [b"\x00\x00", b"\x00\x01", b"\x00\x02"]
+        listener.close()
+        b.close()
+
+    run(main)

@@ -13,6 +13,7 @@ cdef class BatchUdpListener(DatagramSink):
     cdef public bint _flush_pending
     cdef public bint _writing
     cdef public bint _closing
+    cdef public bint _reading
     cdef public Py_ssize_t send_errors
     cdef public Py_ssize_t recv_errors
     cdef public object closed
@@ -23,5 +24,7 @@ cdef class BatchUdpListener(DatagramSink):
     @cython.locals(engine_flow=Flow)
     cpdef _readable(self)
     cpdef send(self, data, endpoint)
+    @cython.locals(engine_flow=Flow, now=double)
+    cpdef bint _at_once(self) except -1
     @cython.locals(n=Py_ssize_t)
     cpdef _flush(self)
