@@ -17,3 +17,13 @@ def start_test_upstream(*args: str, max_seconds: int = 900) -> tuple[subprocess.
         proc.kill()
         raise SystemExit("the test upstream did not start")
     return proc, json.loads(line)
+
+
+def stop_test_upstream(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Close its stdin (it exits), and kill it if it has not gone within ``timeout`` seconds."""
+    proc.stdin.close()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -18,14 +18,13 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import threading
 import time
 
 import dns.message
 
-from bench_support import start_test_upstream
+from bench_support import start_test_upstream, stop_test_upstream
 
 
 def rss_mib() -> float:
@@ -92,12 +91,7 @@ def main() -> int:
         engine.stop()
         figures.append(("engine stopped", rss_mib()))
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_test_upstream(proc, 5)
 
     base = figures[0][1]
     print(f"RSS, {args.transport}, {sys.platform}, pid {os.getpid()}")

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from bench_support import start_test_upstream
+from bench_support import start_test_upstream, stop_test_upstream
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -162,11 +162,7 @@ def main() -> int:
                 print(f"round {r} {kind:8s} {res['cpu_us_per_query']:6.1f} us CPU/query  p50 {res['p50_ms']:.2f} ms"
                       f"  p99 {res['p99_ms']:.2f} ms  p99.9 {res['p999_ms']:.2f} ms  lost {res['lost']}", flush=True)
     finally:
-        upstream.stdin.close()
-        try:
-            upstream.wait(10)
-        except subprocess.TimeoutExpired:
-            upstream.kill()
+        stop_test_upstream(upstream)
         shutil.rmtree(state, ignore_errors=True)
 
     def med(kind: str, key: str) -> float:

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 
-from bench_support import start_test_upstream
+from bench_support import start_test_upstream, stop_test_upstream
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
@@ -140,11 +140,7 @@ def main() -> int:
             print(f"this build / against: {mine / theirs:.3f} (instructions per query, {a.upstream.upper()}, "
                   f"{a.rate:g} queries/s)")
     finally:
-        upstream.stdin.close()
-        try:
-            upstream.wait(10)
-        except subprocess.TimeoutExpired:
-            upstream.kill()
+        stop_test_upstream(upstream)
     return 0
 
 

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import ssl
-import subprocess
 import sys
 import time
 
@@ -28,7 +27,7 @@ import dns.message
 from dotproxy import upstream
 from dotproxy.io.loop import loop_factory
 
-from bench_support import start_test_upstream
+from bench_support import start_test_upstream, stop_test_upstream
 
 TARGET_DOT = 20.0
 
@@ -140,11 +139,7 @@ async def main_async(args) -> int:
         results["dnspython https()"] = await bench_dnspython_doh(info, queries("pydoh", args.baseline_queries),
                                                                  args.concurrency)
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_test_upstream(proc)
     print()
     for name, r in results.items():
         show(name, r)
