@@ -1,8 +1,9 @@
-"""What the load scripts share: the test upstream in a process of its own."""
+"""What the load scripts share: the test upstream in a process of its own, a free port."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -27,3 +28,16 @@ def stop_test_upstream(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def free_port() -> int:
+    """A loopback port free for both UDP and TCP (a forwarder listens on both)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:  # the engine listens on TCP too
+        try:
+            t.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port

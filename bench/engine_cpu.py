@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from bench_support import start_test_upstream, stop_test_upstream
+from bench_support import free_port, start_test_upstream, stop_test_upstream
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -41,16 +41,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:  # the engine listens on TCP too
-        try:
-            t.bind(("127.0.0.1", port))
-        except OSError:
-            return free_port()
-    return port
 
 
 def answers(port: int, timeout: float = 20.0) -> bool:

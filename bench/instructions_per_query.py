@@ -33,16 +33,10 @@ import sys
 import tempfile
 import time
 
-from bench_support import start_test_upstream, stop_test_upstream
+from bench_support import free_port, start_test_upstream, stop_test_upstream
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def query(name: str, qid: int) -> bytes:
