@@ -75,7 +75,7 @@ cdef class DohClient:
     cdef public object last_received
     cdef public Py_ssize_t late_answers
 
-    cpdef Py_ssize_t _stream_limit(self) except? -1
+    cpdef Py_ssize_t current_stream_limit(self) except? -1
     cpdef bint is_accepting(self) except -1
     @cython.locals(request=_Request, out=bytes, block=bytes, body=bytes)
     cpdef send_query(self, data, double now, query=*)

@@ -207,9 +207,11 @@ class DohClient:
 
     @property
     def stream_limit(self) -> int:
-        return self._stream_limit()
+        return self.current_stream_limit()
 
-    def _stream_limit(self) -> int:
+    def current_stream_limit(self) -> int:
+        """:attr:`stream_limit` as a method (a C call from the compiled pool): the streams we
+        may have open now, ours and the server's SETTINGS_MAX_CONCURRENT_STREAMS."""
         if not self._settings_seen:
             return min(_DEFAULT_STREAM_LIMIT, self._max_streams)
         if self._peer_max_streams is None:
@@ -602,7 +604,7 @@ class DohClient:
         queue = self._queue
         if not queue:
             return
-        limit = self._stream_limit()
+        limit = self.current_stream_limit()
         streams = self._streams
         out = self._out
         while queue and len(streams) < limit:

@@ -106,7 +106,7 @@ class DohUpstream(PooledUpstream):
 
     def capacity(self, conn: PooledConnection) -> int:
         core = conn.core  # typed when compiled: a C call below
-        limit = core._stream_limit()
+        limit = core.current_stream_limit()
         if limit > self._max_outstanding:
             limit = self._max_outstanding
         # While another connection is on its way (or may be dialled), queries past the stream
