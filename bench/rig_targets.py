@@ -13,9 +13,13 @@ measured in that same run:
 - DoH throughput >= 5x dnsdist's DoH backend (uniq-max; its queries per CPU-second ratio is
   printed beside it)
 
-``--peer`` names the build to judge (a ``--proxy-name`` of the run; default ``dotproxy``). Prints
-one line per run and, for several runs, how many met each target and the range of each ratio.
-Exit status: 0 when every target was met in every run, 1 otherwise, 2 when a run lacks a row.
+``--peer`` names the build to judge (a ``--proxy-name`` of the run; default ``dotproxy``).
+``--reference NAME`` also compares it with another DoT peer of the same runs, for example
+``bench/minimal_forwarder.py`` run as ``--proxy-cmd ... --proxy-name minimal``: the issue's "what is
+possible here" (one pipelined TLS connection and nothing else), whose own ratio to kresd moves with
+the machine like ours. Prints one line per run and, for several runs, how many met each target and
+the range of each ratio. Exit status: 0 when every target was met in every run, 1 otherwise, 2 when
+a run lacks a row.
 """
 
 from __future__ import annotations
@@ -62,10 +66,21 @@ def judge(summary: list[dict], peer: str) -> list[tuple[str, float, bool, str]]:
     return out
 
 
+def against_reference(summary: list[dict], peer: str, reference: str) -> str:
+    """One line: the reference's DoT figures beside ours, from the same run."""
+    ours, ref, kresd = (row(summary, name, "dot", "uniq-max") for name in (peer, reference, "kresd"))
+    ours_rate, ref_rate = (row(summary, name, "dot", "uniq-rate") for name in (peer, reference))
+    per_cpu = "qps_per_proxy_cpu_s"
+    return (f"{reference}: {ref[per_cpu]:,.0f} q/CPU-s ({ref[per_cpu] / kresd[per_cpu]:.2f}x kresd), "
+            f"{peer}/{reference} {ours[per_cpu] / ref[per_cpu]:.2f}x; p99 at max {ref['p99_ms']:.2f} ms "
+            f"(ours {ours['p99_ms']:.2f}), at 2,000/s {ref_rate['p99_ms']:.2f} ms (ours {ours_rate['p99_ms']:.2f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", metavar="RUN.json")
     ap.add_argument("--peer", default="dotproxy", help="the build to judge (default: dotproxy)")
+    ap.add_argument("--reference", metavar="NAME", help="another DoT peer of the runs to compare with")
     a = ap.parse_args(argv)
     verdicts = []
     for path in a.runs:
@@ -73,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             run = json.load(f)
         try:
             verdict = judge(run["summary"], a.peer)
+            reference = against_reference(run["summary"], a.peer, a.reference) if a.reference else None
         except MissingRow as e:
             print(f"{path}: {e}", file=sys.stderr)
             return 2
@@ -81,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path} ({run['meta'].get('date', '?')}): {met}/{len(verdict)} met")
         for name, ratio, m, detail in verdict:
             print(f"  {'met ' if m else 'MISS'} {name:12} {ratio:5.2f}x  ({detail})")
+        if reference:
+            print(f"  {reference}")
     if len(verdicts) > 1:
         print(f"over {len(verdicts)} runs:")
         for i, (name, *_rest) in enumerate(TARGETS):

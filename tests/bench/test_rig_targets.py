@@ -64,3 +64,15 @@ def test_peer_named(tmp_path, peer):
     path.write_text(json.dumps({"meta": {}, "summary": summary}))
     assert rig_targets.main([str(path), "--peer", peer]) == 0
     assert rig_targets.main([str(path)]) == 2
+
+
+def test_reference_peer_in_the_same_run(tmp_path, capsys):
+    path = pathlib.Path(_run(tmp_path, "f.json"))
+    run = json.loads(path.read_text())
+    run["summary"] += [_row("minimal", "dot", "uniq-max", 28_000, 64_000, 48.0),
+                       _row("minimal", "dot", "uniq-rate", 2_000, 7_500, 1.3)]
+    path.write_text(json.dumps(run))
+    assert rig_targets.main([str(path), "--reference", "minimal"]) == 0
+    out = capsys.readouterr().out
+    assert "minimal: 64,000 q/CPU-s (2.13x kresd), dotproxy/minimal 1.25x; p99 at max 48.00 ms (ours 9.00)" in out
+    assert rig_targets.main([str(path), "--reference", "absent"]) == 2
