@@ -1,6 +1,6 @@
 """The engine issue's five rig targets, read from ``../shared/rig`` JSON results.
 
-    python3 bench/rig_targets.py RUN.json [RUN2.json ...] [--peer dotproxy]
+    python3 bench/rig_targets.py RUN.json [RUN2.json ...] [--peer dotproxy] [--reference NAME]
 
 Each file is one rig run (``run.sh ... --peers kresd,dnsdist,dotproxy --tests uniq-max,uniq-rate
 --json RUN.json``); the figures are the rig's medians over ``--repeat``. Per run, against peers
@@ -13,13 +13,14 @@ measured in that same run:
 - DoH throughput >= 5x dnsdist's DoH backend (uniq-max; its queries per CPU-second ratio is
   printed beside it)
 
-``--peer`` names the build to judge (a ``--proxy-name`` of the run; default ``dotproxy``).
-``--reference NAME`` also compares it with another DoT peer of the same runs, for example
-``bench/minimal_forwarder.py`` run as ``--proxy-cmd ... --proxy-name minimal``: the issue's "what is
-possible here" (one pipelined TLS connection and nothing else), whose own ratio to kresd moves with
-the machine like ours. Prints one line per run and, for several runs, how many met each target and
-the range of each ratio. Exit status: 0 when every target was met in every run, 1 otherwise, 2 when
-a run lacks a row.
+``--peer`` names the build to judge: the rig's peer ``dotproxy`` (the default) or a build run with
+``--proxy-cmd ... --proxy-name NAME``. ``--reference NAME`` also compares it with another DoT peer of
+the same runs, for example ``bench/minimal_forwarder.py`` run as ``--proxy-name minimal``: the
+issue's "what is possible here" (one pipelined TLS connection and nothing else), whose own ratio to
+kresd moves with the machine like ours. Prints each run's verdicts and, for several runs, how many
+met each target and the range of each ratio. Exit status: 0 when every target was met in every run,
+1 when one was missed, 2 when a run cannot be judged (a row or figure missing or unusable; the other
+runs are still judged).
 """
 
 from __future__ import annotations
@@ -83,18 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", metavar="NAME", help="another DoT peer of the runs to compare with")
     a = ap.parse_args(argv)
     verdicts = []
+    unjudged = 0
     for path in a.runs:
-        with open(path) as f:
-            run = json.load(f)
         try:
+            with open(path) as f:
+                run = json.load(f)
             verdict = judge(run["summary"], a.peer)
             reference = against_reference(run["summary"], a.peer, a.reference) if a.reference else None
-        except MissingRow as e:
-            print(f"{path}: {e}", file=sys.stderr)
-            return 2
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError, MissingRow) as e:
+            print(f"{path}: cannot judge: {e if isinstance(e, MissingRow) else repr(e)}", file=sys.stderr)
+            unjudged += 1
+            continue
         verdicts.append(verdict)
         met = sum(m for _, _, m, _ in verdict)
-        print(f"{path} ({run['meta'].get('date', '?')}): {met}/{len(verdict)} met")
+        date = run.get("meta", {}).get("date", "?")
+        print(f"{path} ({date}): {met}/{len(verdict)} met")
         for name, ratio, m, detail in verdict:
             print(f"  {'met ' if m else 'MISS'} {name:12} {ratio:5.2f}x  ({detail})")
         if reference:
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             ratios = [v[i][1] for v in verdicts]
             print(f"  {name:12} met in {sum(v[i][2] for v in verdicts)}/{len(verdicts)}, "
                   f"ratio {min(ratios):.2f}-{max(ratios):.2f}x")
+    if unjudged:
+        return 2
     return 0 if all(m for v in verdicts for _, _, m, _ in v) else 1
 
 
