@@ -1,9 +1,9 @@
 """``network_changed()`` at the upstream: nothing on the old path may hold a query hostage.
 
-A :class:`PathProxy` stands between client and test upstream as the network path does:
-it can *die* (every connection opened so far goes silent: nothing forwarded either way,
-as after a Wi-Fi switch) and it can *swallow* new connections (TCP accepted, nothing
-forwarded: a dial stuck on a path that is going away). After ``network_changed()``:
+A :class:`~dotproxy.testing.TcpRelay` stands between client and test upstream as the network
+path does: it can *black-hole* the connections open so far (nothing forwarded either way, as
+after a Wi-Fi switch) and new ones (TCP accepted, nothing forwarded: a dial stuck on a path
+that is going away). After ``network_changed()``:
 a dial under way is abandoned and queued queries dial afresh at once; a busy connection
 is checked afresh even if it spoke shortly before; a UDP upstream sends new queries from
 a new socket even when the old one was busy. Under asyncio and uvloop.
@@ -12,77 +12,23 @@ a new socket even when the old one was busy. Under asyncio and uvloop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
-import contextlib
 
 from upstream_support import check_answer, client, make_query, no_leaks, now, serve
 
-from dotproxy.testing import Faults
+from dotproxy.testing import Faults, TcpRelay
 from dotproxy.upstream import connect
-
-
-class PathProxy:
-    """A TCP relay to ``(host, port)`` whose path can die and whose new connections can be swallowed."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.generation = 0  # connections of older generations are dead
-        self.swallow = False
-        self.server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._tasks: set[asyncio.Task] = set()
-
-    async def __aenter__(self) -> PathProxy:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self.server.close()
-        for w in self._writers:  # every relay ends on its own once its sockets are gone
-            w.transport.abort()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2.0)
-        await self.server.wait_closed()
-
-    @property
-    def port(self) -> int:
-        return self.server.sockets[0].getsockname()[1]
-
-    def die(self) -> None:
-        self.generation += 1
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        self._tasks.add(asyncio.current_task())
-        try:
-            if self.swallow:
-                await reader.read()  # hold it open, forward nothing, until the client gives up
-                return
-            generation = self.generation
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-            self._writers.append(up_writer)
-
-            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-                while data := await src.read(65536):
-                    if self.generation == generation:
-                        dst.write(data)
-
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
-        except OSError:  # a side went away: so does the relay
-            pass
-        finally:
-            self._tasks.discard(asyncio.current_task())
-            writer.transport.abort()
 
 
 @contextlib.asynccontextmanager
 async def through_path(up, scheme: str, **options):
-    """A client of ``up`` through a :class:`PathProxy`: yields ``(client, path)``; afterwards
+    """A client of ``up`` through a :class:`TcpRelay`: yields ``(client, path)``; afterwards
     nothing of either is left."""
     target = up.dot_address if scheme == "dot" else up.doh_address
     async with no_leaks(up):
-        async with PathProxy(*target) as path:
+        async with TcpRelay(target) as path:
             url = (f"tls://127.0.0.1:{path.port}#dns.test" if scheme == "dot"
                    else f"https://127.0.0.1:{path.port}/dns-query")
             c = connect(url, ca_file=up.ca_file, **options)
@@ -96,12 +42,12 @@ async def through_path(up, scheme: str, **options):
 def test_a_dial_stuck_on_the_old_path_is_abandoned_and_queued_queries_dial_afresh(run, scheme):
     async def main():
         async with serve() as up, through_path(up, scheme, connect_timeout=5.0) as (c, path):
-            path.swallow = True
+            path.blackhole_new = True
             q = make_query("stuck.example", id=7)
             asked = now()
             task = asyncio.ensure_future(c.query(q, deadline=asked + 4.0))
             await asyncio.sleep(0.3)  # the dial is stuck in its TLS handshake
-            path.swallow = False
+            path.blackhole_new = False
             c.network_changed()
             check_answer(await task, q)
             assert now() - asked < 1.5  # not the 5 s connect timeout, nor the 4 s deadline
@@ -120,7 +66,7 @@ def test_a_busy_connection_that_spoke_just_before_the_change_is_still_checked_af
             q2 = make_query("q2.example", id=2)
             task = asyncio.ensure_future(c.query(q2, deadline=now() + 3))
             await asyncio.sleep(0.01)
-            path.die()
+            path.blackhole()
             changed = now()
             c.network_changed()
             check_answer(await task, q2)

@@ -13,6 +13,8 @@ loop (default or uvloop), with certificates from a throw-away CA::
         up.stats.queries["doh"]
 
 ``python -m dotproxy.testing`` runs one in its own process (see ``__main__``).
+:class:`TcpRelay` goes between a client and a server and can make the path go
+silent while both sockets stay open.
 """
 
 from dotproxy.testing.answer import (
@@ -31,6 +33,7 @@ from dotproxy.testing.certs import (
     server_ssl_context,
 )
 from dotproxy.testing.faults import TRANSPORTS, Faults, Stats
+from dotproxy.testing.relay import RelayStats, TcpRelay
 from dotproxy.testing.server import AnswerFunction, TestUpstream
 
 __all__ = [
@@ -44,7 +47,9 @@ __all__ = [
     "AnswerFunction",
     "Certificates",
     "Faults",
+    "RelayStats",
     "Stats",
+    "TcpRelay",
     "TestUpstream",
     "client_ssl_context",
     "default_answer",

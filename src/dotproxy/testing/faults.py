@@ -32,6 +32,10 @@ class Faults:
     * ``stall``: nothing is ever answered (connections are still accepted and TLS
       handshakes still finish).
     * ``truncate_udp``: UDP replies have TC=1 and no records but the question.
+    * ``answer_probes``: queries for ". IN NS" (what a DoT client asks to learn that a
+      connection is alive; a resolver answers it from its root priming) are answered at
+      once, whatever ``latency``, ``jitter``, ``stall`` and ``drop`` say: a server that is
+      slow but alive.
 
     Stream connections (TCP, DoT, DoH):
 
@@ -79,6 +83,7 @@ class Faults:
     http_status: int | None = None
     http_status_rate: float = 1.0
     truncate_udp: bool = False
+    answer_probes: bool = False
 
     def reset(self) -> None:
         """Turn every fault off again."""
@@ -107,6 +112,7 @@ class Stats:
     ``garbage_sent``           replies replaced by random bytes
     ``truncated_sent``         UDP replies sent with TC=1 (``truncate_udp`` or too large)
     ``answer_errors``          exceptions raised by the answer function (the query gets SERVFAIL)
+    ``probes_answered``        ". IN NS" queries answered at once by ``answer_probes``
     ``connections_accepted``   per stream transport ("tcp", "dot", "doh")
     ``connections_open``       stream connections open now (TLS handshakes in progress included)
     ``connections_closed_by_server``  FINs the server chose to send (close_after, idle_close,
@@ -134,6 +140,7 @@ class Stats:
     garbage_sent: int = 0
     truncated_sent: int = 0
     answer_errors: int = 0
+    probes_answered: int = 0
     connections_accepted: dict[str, int] = field(default_factory=_per_stream_transport)
     connections_open: int = 0
     connections_closed_by_server: int = 0

@@ -54,6 +54,7 @@ AnswerResult = Union[bytes, None]
 AnswerFunction = Callable[[bytes], Union[AnswerResult, Awaitable[AnswerResult]]]
 
 _MIN_UDP = 512
+_ROOT_NS_QUESTION = b"\x00\x00\x02\x00\x01"  # ". IN NS", right after the header
 
 
 def _servfail(query: bytes) -> bytes | None:
@@ -424,6 +425,10 @@ class TestUpstream:
         stats = self.stats
         faults = self.faults
         stats.queries[kind] += 1
+        if faults.answer_probes and query[12:17] == _ROOT_NS_QUESTION:
+            stats.probes_answered += 1
+            self._finish(kind, self._call_answer(query), deliver)
+            return
         if faults.stall or (faults.drop and random.random() < faults.drop):
             stats.queries_dropped += 1
             deliver(None)
