@@ -20,13 +20,14 @@ from dotproxy import compiled
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: Run again on the Python twins: teardown at every point, answers and errors, DoT framing,
-#: DoH/2 frames and HPACK.
+#: DoH/2 frames and HPACK, connections that end or go silent under queries.
 TWIN_SUITE = (
     "tests/engine/test_chaos.py",
     "tests/engine/test_engine_flows.py",
     "tests/engine/test_engine_garbage.py",
     "tests/upstream/test_dot_core.py",
     "tests/upstream/test_deadlines.py",
+    "tests/upstream/test_connection_loss.py",
     "tests/upstream/test_doh_core.py",
     "tests/upstream/test_doh_frames.py",
     "tests/upstream/test_doh_hpack.py",

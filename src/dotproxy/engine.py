@@ -8,7 +8,9 @@
     await engine.stop(grace=2.0)              # in-flight queries get ``grace`` seconds
 
 Upstreams are asked in order: the first that answers wins; a failing one (dial
-error, refusal) passes the query to the next within the same deadline.
+error, refusal, connections that keep ending) passes the query to the next within
+the same deadline, and so does one that would keep it waiting on a dial past the
+dial bound (``PooledUpstream.dial_bound``).
 
 Lifecycle: ``sleep()`` before the machine sleeps lets idle connections go;
 ``wake()`` and ``network_changed()`` make every open connection suspect (idle
@@ -106,7 +108,7 @@ class _Resolution:
         self.index = index
         try:
             ticket = self.upstreams[index].submit(self.data, callback=self._answered, deadline=self.deadline,
-                                                  query=self.query)
+                                                  query=self.query, fallback=index + 1 < len(self.upstreams))
         except UpstreamError as e:  # closed, or the like: as if it had answered so
             self._answered(None, e)
             return
@@ -149,8 +151,9 @@ class Engine:
         self.config = config
         self.query_log = None if query_log is None else SafeSubscriber(query_log)
         # Built here so that a bad URL or option fails before anything listens.
-        self.upstreams = [upstreams_mod.connect(url, ca_file=config.ca_file, **config.upstream_options)
-                          for url in config.upstreams]
+        # A query's deadline is the engine's timeout: the upstreams' (and their dials') too, unless set.
+        options = {"timeout": config.timeout, **config.upstream_options}
+        self.upstreams = [upstreams_mod.connect(url, ca_file=config.ca_file, **options) for url in config.upstreams]
         self.stats = FlowStats()
         only = self.upstreams[0] if len(self.upstreams) == 1 else None
         self._only_pool = only if isinstance(only, PooledUpstream) else None

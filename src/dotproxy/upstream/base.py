@@ -41,14 +41,15 @@ class UpstreamOptions:
     max_outstanding: int = 200  # queries in flight on one connection (DoH: also capped by the server)
     spread_at: int = 32  # open another connection when the least loaded one has this many in flight
     idle_timeout: float = 30.0  # close a connection idle this long (servers close at 30-60 s)
-    connect_timeout: float = 5.0  # TCP + TLS handshake
+    connect_timeout: float = 4.0  # TCP + TLS handshake; never longer than ``timeout`` (a query's deadline)
     verify: bool = True  # verify the server certificate (off only when asked, with a warning)
     spki_pins: tuple[str, ...] = ()  # base64 SHA-256 SPKI pins of the server certificate
     pad_block: int | None = 128  # RFC 8467 query padding on encrypted transports; None: off
     keepalive: bool = True  # ask for RFC 7828 edns-tcp-keepalive on stream connections
     quiet_after: float = 1.0  # a connection silent this long is checked for life on its next query
     liveness_min: float = 0.4  # bounds of the adaptive silence limit for such a connection
-    liveness_max: float = 2.0
+    liveness_max: float = 2.0  # (a busy connection silent this long is probed the same way)
+    max_resends: int = 3  # re-sends of a query whose connection ended before it was answered
     backoff_min: float = 0.2  # dial failures: jittered exponential backoff
     backoff_max: float = 30.0
     max_orphans: int = 1000  # cancelled-but-unanswered IDs before a connection is retired
@@ -88,6 +89,8 @@ class UpstreamOptions:
                               where=where)
         if opts.timeout <= 0 or opts.connect_timeout <= 0 or opts.idle_timeout <= 0:
             raise ConfigError("timeouts must be positive", where=where)
+        if not 0 <= opts.max_resends <= 100:
+            raise ConfigError(f"max_resends must be 0..100, not {opts.max_resends}", where=where)
         return opts
 
 
@@ -112,7 +115,7 @@ class UpstreamStats:
         "answers",
         "timeouts",
         "failures",
-        "retries",  # transparent re-sends after a connection died under a query
+        "retries",  # transparent re-sends after a connection ended under a query
         "dials",
         "dial_failures",
         "handshakes",  # TLS handshakes completed
@@ -120,7 +123,20 @@ class UpstreamStats:
         "connections_open",
         "late_answers",  # answers to cancelled queries, dropped
         "unexpected_answers",  # unknown ID, wrong question, unparsable: dropped
-        "liveness_failures",  # reused connections found dead by silence
+        "liveness_failures",  # connections found dead by silence (reused, or busy and unanswering)
+        "probes",  # signs of life asked for (DoT: ". NS"; DoH: PING)
+        "dial_waits_abandoned",  # queries passed on to the next upstream while a dial went on
+        # Why connections ended (one count each; see PooledConnection.end):
+        "closed_idle",  # idle too long: we closed it
+        "closed_by_server",  # EOF or TLS close_notify from the server
+        "closed_reset",  # an error on the socket (RST, ...)
+        "closed_silence",  # silent past the liveness bound: retired
+        "closed_goaway",  # HTTP/2 GOAWAY
+        "closed_network_change",  # suspect after a wake or network change
+        "closed_orphans",  # too many cancelled queries never answered
+        "closed_broken",  # the server broke the protocol
+        "closed_budget",  # sent as many queries as the server allows a connection, then closed by us
+        "closed_shutdown",  # the upstream was closed
     )
 
     def __init__(self) -> None:
@@ -157,10 +173,13 @@ class Upstream:
         raise NotImplementedError
 
     def submit(self, data: bytes, *, callback: Callback, deadline: float | None = None,
-               query: wire.Query | None = None):
+               query: wire.Query | None = None, fallback: bool = False):
         """Ask without awaiting; returns a handle with ``cancel()``. ``callback`` is called
         exactly once unless the handle is cancelled first. This default runs :meth:`query`
-        as a task this upstream owns; pooled upstreams do it with no task at all."""
+        as a task this upstream owns; pooled upstreams do it with no task at all.
+
+        ``fallback``: the caller can ask another upstream, so the query need not wait on a
+        connection being made (pooled upstreams hand it back after the dial bound)."""
         if self._submitted is None:
             self._submitted = TaskOwner(f"upstream {self.name}")
 

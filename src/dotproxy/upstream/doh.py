@@ -72,6 +72,7 @@ class DohConnection(PooledConnection):
                          pool.name, event.error_code, len(event.unprocessed))
                 for query_id in event.unprocessed:
                     self.reject(query_id, Resend("server sent GOAWAY", free=True))
+                self.end_as("goaway")
                 self.retire()
             elif kind is PingAcknowledged:
                 pool._observe_rtt(event.rtt)
@@ -79,6 +80,7 @@ class DohConnection(PooledConnection):
                 log.warning("%s: %s", pool.name, event.reason)
                 for query_id in event.query_ids:
                     self.reject(query_id, Resend(event.reason))
+                self.end_as("broken")
                 self.ready = False
                 self.abort()
         self.schedule_flush()  # WINDOW_UPDATEs, PING ACKs, SETTINGS ACK

@@ -20,7 +20,12 @@ cdef class PooledConnection:
     cdef public object _liveness_handle
     cdef public object _close_handle
     cdef public double _liveness_armed_at
-    cdef public bint _session_kept
+    cdef public object _watchdog_handle
+    cdef public double _watch_from
+    cdef public object end_reason
+    cdef public bint _served
+    cdef public Py_ssize_t sent
+    cdef public Py_ssize_t answers
     cdef public bint _close_started
     cdef public int _fd
     cdef public bint _ack_due
@@ -50,8 +55,9 @@ cdef class Ticket(DeadlineEntry):  # no freelist: a subtype cannot have one
     cdef public object callback
     cdef public PooledConnection conn
     cdef public int query_id
-    cdef public bint retried
+    cdef public int resends
     cdef public int moves
+    cdef public bint fallback
     cdef public bint done
 
     cpdef cancel(self)
@@ -60,7 +66,7 @@ cdef class Ticket(DeadlineEntry):  # no freelist: a subtype cannot have one
     cpdef expired(self)
     @staticmethod
     @cython.locals(ticket=Ticket)
-    cdef Ticket start(PooledUpstream pool, data, query, double deadline, callback)
+    cdef Ticket start(PooledUpstream pool, data, query, double deadline, callback, bint fallback)
     @cython.locals(conn=PooledConnection)
     cpdef _withdraw(self)
     @cython.locals(sink=AnswerSink)
@@ -82,8 +88,17 @@ cdef class PooledUpstream(Upstream):
     cdef public Py_ssize_t _max_outstanding
     cdef public Py_ssize_t _spread_at
     cdef public Py_ssize_t _pool_size
+    cdef public int _max_resends
+    cdef public double _connect_timeout
+    cdef public double _dial_time
+    cdef public double _dial_started
+    cdef public bint _dial_slow
+    cdef public object _dial_watch
+    cdef public Backoff _redial
+    cdef public object _redial_handle
+    cdef public Py_ssize_t _budget
 
-    cpdef submit_parsed(self, data, query, double deadline, callback, double now=*)
+    cpdef submit_parsed(self, data, query, double deadline, callback, double now=*, bint fallback=*)
     cpdef capacity(self, PooledConnection conn)
     cpdef refusing(self, double now)
 

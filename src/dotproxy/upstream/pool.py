@@ -5,12 +5,27 @@ loaded one, up to ``max_outstanding`` per connection; it dials single-flight (a
 cold burst makes one handshake per connection it needs), backs off with jitter
 after failed dials, and owns its dialling tasks.
 
-A reused connection can be dead without knowing it (the server or a NAT dropped
-it while idle, the machine slept). Such a connection either fails at once (EOF,
-RST) or stays silent: a query sent on a connection that was quiet for
-``quiet_after`` arms a check, and silence past an adaptive bound derived from
-the upstream's RTT retires the connection. Either way the queries on it are
-re-sent once on a fresh connection within their deadlines.
+A connection can die without knowing it (the server or a NAT dropped it, the
+machine slept, a Wi-Fi roam). Such a connection either fails at once (EOF, RST)
+or stays silent. Silence is watched two ways: a query sent on a connection that
+was quiet for ``quiet_after`` asks for a sign of life at once (a probe), and a
+busy connection that has heard nothing for the liveness bound (adaptive, from
+the upstream's RTT) is probed then; a probe unanswered within the bound retires
+the connection. Either way the unanswered queries on it are re-sent on another
+connection within their deadlines, up to ``max_resends`` times each; a query the
+server answered (even with an error) is never re-sent.
+
+Some servers close a connection after so many queries with more pipelined behind
+(a per-connection query limit, or worse: the rest are lost in a reset). When a
+connection ends under queries after answering k, later connections are given k
+queries each (the budget) and then retire politely while a fresh one takes over;
+a connection that used its budget without loss raises it by an eighth, so that a
+limit that was a one-off does not stay.
+
+A query that another upstream could take (``fallback``) never waits on a dial
+longer than the dial bound (about three handshake times, 1 s while none was
+measured): past it, and at once while this upstream's dials are failing or slow,
+it is handed back so that the caller asks the next upstream; the dial goes on.
 """
 
 from __future__ import annotations
@@ -30,6 +45,21 @@ from dotproxy.upstream.deadlines import DeadlineEntry, Deadlines
 from dotproxy.udpbatch import quickack
 
 log = logging.getLogger("dotproxy.upstream")
+
+
+#: Why a connection ended, as counted in ``UpstreamStats.closed_<reason>``.
+END_REASONS = ("idle", "by_server", "reset", "silence", "goaway", "network_change", "orphans", "broken",
+               "budget", "shutdown")
+
+#: The fewest queries a connection is given when the server is found to close connections after so many.
+MIN_BUDGET = 10
+
+#: While no handshake time is measured: the longest a query with a fallback waits on a dial.
+DIAL_WAIT_UNKNOWN = 1.0
+#: The shortest dial bound, whatever the measured handshakes (a loaded machine's scheduling jitter).
+DIAL_WAIT_MIN = 0.1
+#: A timer may fire a little early (uvloop rounds to milliseconds).
+_EARLY = 0.001
 
 
 class Resend(Exception):
@@ -84,7 +114,12 @@ class PooledConnection:
         self._liveness_handle: asyncio.TimerHandle | None = None
         self._close_handle: asyncio.TimerHandle | None = None
         self._liveness_armed_at = 0.0
-        self._session_kept = False
+        self._watchdog_handle: asyncio.TimerHandle | None = None
+        self._watch_from = 0.0  # when the watchdog started counting silence
+        self.end_reason: str | None = None  # why we ended it; None: the server or the network did
+        self._served = False  # it answered a query: a working connection, not one that dies at once
+        self.sent = 0  # queries sent on it
+        self.answers = 0  # answers received on it
         self._close_started = False
         self._fd = -1  # the socket's, for TCP_QUICKACK where the system has it
         self._ack_due = False  # a read left answers outstanding: acknowledge it this iteration
@@ -136,17 +171,32 @@ class PooledConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.ready = False
         self._fd = -1  # closed: its number may be reused
-        for handle in (self._idle_handle, self._liveness_handle, self._close_handle):
+        for handle in (self._idle_handle, self._liveness_handle, self._close_handle, self._watchdog_handle):
             if handle is not None:
                 handle.cancel()
+        self._watchdog_handle = None
         self.core.connection_lost()
         waiters, self.waiters = self.waiters, {}
-        reason = f"connection lost: {exc}" if exc else "connection closed by the server"
+        reason = self.end_reason
+        if reason is None or (reason == "budget" and waiters):  # ended under queries: not by us
+            reason = "reset" if exc is not None else "by_server"
+        self.pool._ended(self, reason, len(waiters), exc)
+        if reason == "reset":
+            detail = f"connection lost: {exc}"
+        elif reason == "by_server":
+            detail = "connection closed by the server"
+        else:
+            detail = f"connection ended ({reason.replace('_', ' ')})"
         for ticket in waiters.values():
-            ticket.failed(Resend(reason))
+            ticket.failed(Resend(detail))
         if not self.closed.done():
             self.closed.set_result(None)
         self.pool._forget(self)
+
+    def end_as(self, reason: str) -> None:
+        """Say why this connection is being ended (the first reason given stands)."""
+        if self.end_reason is None:
+            self.end_reason = reason
 
     # ------------------------------------------------------------ the pool's side
 
@@ -168,6 +218,8 @@ class PooledConnection:
         """Send ``ticket``'s query on this connection (``now``: the loop's time); return its query ID here."""
         if self._liveness_handle is None and now - self.last_heard() > self.pool._quiet_after:
             self._arm_liveness(now)
+        if self._watchdog_handle is None:
+            self._arm_watchdog(now)
         query_id = self.send_query(ticket, now)
         self.waiters[query_id] = ticket
         self.schedule_flush()
@@ -200,17 +252,16 @@ class PooledConnection:
         """Book-keeping after a read that completed queries."""
         self.last_activity = now
         pool = self.pool
-        if not self._session_kept and pool.tls is not None:
-            self._session_kept = True
-            ssl_object = self.transport.get_extra_info("ssl_object")
-            if ssl_object is not None:
-                pool.tls.remember(ssl_object)
+        if not self._served:
+            self._served = True
+            pool._served(self)
         if self.draining and not self.waiters:
             self.close()
         else:
             pool._pump()
 
     def resolve(self, query_id: int, data: bytes) -> None:
+        self.answers += 1
         ticket = self.waiters.pop(query_id, None)
         if ticket is not None:
             ticket.answered(data)
@@ -239,6 +290,7 @@ class PooledConnection:
         must show a sign of life within the liveness bound, or its queries move once."""
         if self._close_started:
             return
+        self.end_as("network_change")
         if not self.waiters:
             self.ready = False
             self.pool._closing_started(self)
@@ -256,7 +308,47 @@ class PooledConnection:
         """Ask for a sign of life; silence past the liveness bound retires this connection."""
         self._liveness_armed_at = now
         self._liveness_handle = self.loop.call_at(now + self.pool.liveness_bound(), self._liveness_check)
+        self.pool.stats.probes += 1
         self.probe(now)
+
+    def _arm_watchdog(self, now: float) -> None:
+        """Watch a busy connection for silence (a timer per connection, re-armed about once per
+        liveness bound while it is busy: nothing per query)."""
+        self._watch_from = now
+        self._watchdog_handle = self.loop.call_at(now + self._watch_step(self.pool.liveness_bound()),
+                                                  self._watchdog)
+
+    def _watch_step(self, bound: float) -> float:
+        """How long the watchdog sleeps at most: the bound shrinks as the RTT gets measured (it is
+        the largest until then), and a sleep chosen from a stale bound would overshoot it."""
+        step = self.pool.options.liveness_min
+        return bound if bound < step else step
+
+    def _watchdog(self) -> None:
+        """A busy connection that heard nothing for the liveness bound is asked for a sign of life.
+
+        Silence alone proves nothing (every answer on it may be slow: a cold recursion); the
+        probe does: the server answers it at once if it and the path are alive."""
+        self._watchdog_handle = None
+        if not self.waiters or self._close_started or self.transport is None or self.transport.is_closing():
+            return  # the next query re-arms it
+        now = self.loop.time()
+        bound = self.pool.liveness_bound()
+        quiet_since = self.last_heard()
+        if quiet_since < self._watch_from:
+            quiet_since = self._watch_from
+        if self._liveness_handle is not None:  # a probe is out: its check decides
+            due = now + bound
+        elif now - quiet_since >= bound - _EARLY:
+            log.debug("%s: nothing heard for %.2fs with %d queries outstanding: probing", self.pool.name,
+                      now - quiet_since, len(self.waiters))
+            self._arm_liveness(now)
+            self.schedule_flush()
+            due = now + bound
+        else:
+            due = quiet_since + bound
+        step = now + self._watch_step(bound)
+        self._watchdog_handle = self.loop.call_at(due if due < step else step, self._watchdog)
 
     # ------------------------------------------------------------ timers and writes
 
@@ -289,6 +381,7 @@ class PooledConnection:
         if self.waiters or now < due:
             self._idle_handle = self.loop.call_at(max(due, now + 0.05), self._idle_check)
             return
+        self.end_as("idle")
         self.close()
 
     def shorten_idle_timeout(self, timeout: float) -> None:
@@ -329,8 +422,9 @@ class PooledConnection:
         # Silent even if every query on it was cancelled meanwhile (a hedging caller
         # moved on): it was asked and did not answer, so later queries must not go there.
         self.pool.stats.liveness_failures += 1
-        log.info("%s: a reused connection stayed silent for %.2fs: replacing it", self.pool.name,
-                 self.loop.time() - self._liveness_armed_at)
+        log.info("%s: a connection stayed silent for %.2fs after a probe: replacing it (%d queries move)",
+                 self.pool.name, self.loop.time() - self._liveness_armed_at, len(self.waiters))
+        self.end_reason = "silence"  # whatever was said before: it is silence that ends it
         self.ready = False
         self.abort()
 
@@ -338,16 +432,18 @@ class PooledConnection:
 class Ticket(DeadlineEntry):
     """One query's way through a pool, without a task, a future or a timer of its own.
 
-    Placed on a connection (or queued until one has room), moved once to a fresh
-    connection if its own dies under it, and finished exactly once: answered,
+    Placed on a connection (or queued until one has room), moved to a fresh
+    connection if its own ends under it (up to the pool's ``max_resends`` times), and
+    finished exactly once: answered,
     failed, past its deadline, or cancelled. Cancelling (or the deadline) withdraws
     it from its connection, which orphans the DoT ID or resets the DoH stream.
     """
 
-    __slots__ = ("pool", "data", "query", "callback", "conn", "query_id", "retried", "moves", "done")
+    __slots__ = ("pool", "data", "query", "callback", "conn", "query_id", "resends", "moves", "fallback", "done")
 
     @staticmethod
-    def start(pool: PooledUpstream, data: bytes, query: wire.Query, deadline: float, callback: Callback) -> Ticket:
+    def start(pool: PooledUpstream, data: bytes, query: wire.Query, deadline: float, callback: Callback,
+              fallback: bool) -> Ticket:
         """A ticket for a query, in its pool's deadlines."""
         # Built field by field, without __init__: one Python-level call less per query
         # when compiled (argument parsing), and DeadlineEntry's fields are set here too.
@@ -361,8 +457,9 @@ class Ticket(DeadlineEntry):
         ticket.callback = callback
         ticket.conn = None
         ticket.query_id = -1
-        ticket.retried = False  # used its one re-send after a connection died under it
+        ticket.resends = 0  # re-sent after a connection ended under it
         ticket.moves = 0  # free moves after REFUSED_STREAM (the server turned it away unseen)
+        ticket.fallback = fallback  # another upstream can take it: it does not wait long on a dial
         ticket.done = False
         pool._deadlines.add(ticket)
         return ticket
@@ -451,6 +548,18 @@ class PooledUpstream(Upstream):
         self._max_outstanding = options.max_outstanding
         self._spread_at = options.spread_at
         self._pool_size = options.pool_size
+        self._max_resends = options.max_resends
+        # A dial never outlasts a query's deadline: waiting on it past that serves nobody.
+        self._connect_timeout = min(options.connect_timeout, options.timeout)
+        self._dial_time = -1.0  # smoothed duration of successful dials (TCP + TLS), seconds; -1: none yet
+        self._dial_started = 0.0
+        self._dial_slow = False  # the dial under way has outlasted the dial bound
+        self._dial_watch: asyncio.TimerHandle | None = None
+        # Connections that ended under queries before answering any: the server takes connections and
+        # drops them. Re-dialling is backed off (the queries wait, within their deadlines), not the queries.
+        self._redial = Backoff(options.backoff_min, options.backoff_max)
+        self._redial_handle: asyncio.TimerHandle | None = None
+        self._budget = 0  # queries per connection before it retires (0: no limit known)
         self._tasks = TaskOwner(f"upstream {self.name}")
         self.loop: asyncio.AbstractEventLoop | None = None
         self._deadlines: Deadlines | None = None  # every ticket not yet finished, made with the loop
@@ -458,16 +567,19 @@ class PooledUpstream(Upstream):
     # ------------------------------------------------------------ public API
 
     def submit(self, data: bytes, *, callback: Callback, deadline: float | None = None,
-               query: wire.Query | None = None) -> Ticket:
+               query: wire.Query | None = None, fallback: bool = False) -> Ticket:
         """Ask without awaiting: ``callback(answer, None)`` or ``callback(None, error)`` is
-        called exactly once, unless the returned ticket is cancelled first."""
+        called exactly once, unless the returned ticket is cancelled first.
+
+        ``fallback``: the caller has another upstream to ask, so the query is not kept waiting
+        on a dial past the dial bound (it fails with :class:`ConnectionFailed` instead)."""
         deadline = self._deadline(deadline)
         if query is None:
             query = wire.parse_query(data)
-        return self.submit_parsed(data, query, deadline, callback)
+        return self.submit_parsed(data, query, deadline, callback, -1.0, fallback)
 
     def submit_parsed(self, data: bytes, query: wire.Query, deadline: float, callback: Callback,
-                      now: float = -1.0) -> Ticket | None:
+                      now: float = -1.0, fallback: bool = False) -> Ticket | None:
         """:meth:`submit` for a caller that parsed the query and knows its deadline (a flow, on
         every query): all arguments given, and a closed upstream says so through ``callback``.
         ``now``: the loop's time, if the caller has just read it (one clock read less per query)."""
@@ -478,7 +590,7 @@ class PooledUpstream(Upstream):
             self.loop = asyncio.get_running_loop()
             self._deadlines = Deadlines(self.loop)
         self.stats.queries += 1
-        ticket = Ticket.start(self, data, query, deadline, callback)
+        ticket = Ticket.start(self, data, query, deadline, callback, fallback)
         self._place(ticket, self.loop.time() if now < 0 else now)
         return ticket
 
@@ -503,9 +615,14 @@ class PooledUpstream(Upstream):
     async def aclose(self) -> None:
         """Close every connection and stop dialling; returns when no socket is left."""
         self._closed = True
+        self._stop_dial_watch()
+        if self._redial_handle is not None:
+            self._redial_handle.cancel()
+            self._redial_handle = None
         await self._tasks.aclose()
         conns = list(self._conns) + list(self._closing)
         for conn in conns:
+            conn.end_as("shutdown")
             conn.abort()
         if conns:
             await asyncio.wait([c.closed for c in conns], timeout=2.0)
@@ -524,6 +641,7 @@ class PooledUpstream(Upstream):
     def quiesce(self) -> list[asyncio.Future]:
         idle = [conn for conn in self._conns if not conn.waiters]
         for conn in idle:
+            conn.end_as("idle")
             conn.close()
         return [conn.closed for conn in idle]
 
@@ -531,6 +649,8 @@ class PooledUpstream(Upstream):
         # Dial failures on the old path say nothing about the new one, and a dial under way
         # may be stuck on it: cancel it, so that queued queries dial afresh at once.
         self._backoff.succeeded()
+        self._redial.succeeded()
+        self._stop_dial_watch()
         if self._dial_task is not None and not self._dial_task.done():
             self._dial_task.cancel()
             self._dial_task = None
@@ -561,7 +681,9 @@ class PooledUpstream(Upstream):
         """A retry needs a fresh connection and the pool is full of quiet ones: drop the quietest idle one."""
         idle = [c for c in self._conns if not c.waiters]
         if idle:
-            min(idle, key=lambda c: c.last_heard()).abort()
+            quietest = min(idle, key=lambda c: c.last_heard())
+            quietest.end_as("idle")
+            quietest.abort()
 
     def capacity(self, conn: PooledConnection) -> int:
         return self._max_outstanding
@@ -588,13 +710,16 @@ class PooledUpstream(Upstream):
     def _place(self, ticket: Ticket, now: float) -> None:
         """Put ``ticket`` on the best connection, or in the queue (dialling if there is room)."""
         if self._queue:  # first come, first placed
+            if ticket.fallback and self._unready(now):
+                self._hand_back(ticket, now)
+                return
             self._queue[ticket] = None
             self._pump()
             return
         if self._closed or (error := self.refusing(now)) is not None:
             ticket.failed(ConnectionFailed("upstream is closed", upstream=self.name) if self._closed else error)
             return
-        conn = self._pick(ticket.retried, now)
+        conn = self._pick(ticket.resends > 0, now)
         if conn is not None:
             self._submit_on(conn, ticket, now)
             return
@@ -611,6 +736,10 @@ class PooledUpstream(Upstream):
             ticket.failed(ConnectionFailed(f"cannot send on this connection: {e}", upstream=self.name))
             return
         ticket.conn = conn
+        conn.sent += 1
+        if self._budget and conn.sent >= self._budget:
+            conn.end_as("budget")  # the server would close it with the next ones unanswered
+            conn.retire()
 
     def _pump(self) -> None:
         """Place queued tickets while connections have room; dial, or fail them, when none has."""
@@ -618,7 +747,7 @@ class PooledUpstream(Upstream):
         while queue:
             ticket = next(iter(queue))
             now = self.loop.time() if self.loop is not None else 0.0
-            conn = self._pick(ticket.retried, now)
+            conn = self._pick(ticket.resends > 0, now)
             if conn is None:
                 error = self._blocked(now)
                 if error is not None:
@@ -628,49 +757,111 @@ class PooledUpstream(Upstream):
                         t.failed(error)
                     return
                 room = len(self._conns) < self._pool_size and not self._dialing
-                if ticket.retried and not room and not self._dialing:
+                if ticket.resends > 0 and not room and not self._dialing:
                     self._make_room()
                 elif room:
-                    self._dial()
+                    self._dial_when_due(now)
+                if ticket.fallback and self._unready(now):
+                    # Waiting here would be waiting on a dial that is failing, slow or held back:
+                    # the next upstream takes it now (the dial goes on).
+                    del queue[ticket]
+                    self._hand_back(ticket, now)
+                    continue
                 return
             del queue[ticket]
             self._submit_on(conn, ticket, now)
 
+    def _unready(self, now: float) -> bool:
+        """Whether a query that needs a new connection here would wait on a dial that is failing
+        (the last one failed), slow (past the dial bound) or held back (connections die at once)."""
+        return self._dial_slow or self._backoff.failures > 0 or now < self._redial.until
+
+    def _hand_back(self, ticket: Ticket, now: float) -> None:
+        """Give a waiting query with a fallback back to its caller, with an error that says why."""
+        self.stats.dial_waits_abandoned += 1
+        if self._backoff.failures > 0 and self._backoff.error is not None:
+            detail = f"not connected (the last dial failed: {self._backoff.error.detail})"
+        elif now < self._redial.until:
+            detail = "not connected (connections keep ending before answering; re-dialling is backed off)"
+        else:
+            detail = f"not connected within {self.dial_bound():.2f}s (still dialling)"
+        ticket.failed(ConnectionFailed(detail, upstream=self.name))
+
+    def dial_bound(self) -> float:
+        """How long a query with a fallback may wait on a dial: about three handshake times."""
+        if self._dial_time < 0:
+            return DIAL_WAIT_UNKNOWN
+        return max(DIAL_WAIT_MIN, 3.0 * self._dial_time)
+
     def _resend(self, ticket: Ticket, reason: Resend) -> None:
         free = reason.free and not (reason.refused and ticket.moves >= self.MAX_REFUSED_MOVES)
-        if self._closed or (ticket.retried and not free):
+        if self._closed or (not free and ticket.resends >= self._max_resends):
             error = ConnectionFailed(reason.args[0], upstream=self.name)
             error.__cause__ = reason
             self.stats.failures += 1
             ticket._finish(None, error)
             return
         if not free:
-            ticket.retried = True
+            ticket.resends += 1
         elif reason.refused:
             ticket.moves += 1
         self.stats.retries += 1
         self._place(ticket, self.loop.time())
 
+    def _dial_when_due(self, now: float) -> None:
+        """Dial now, or when re-dialling is no longer held back (queued queries wait for it)."""
+        if now >= self._redial.until:
+            self._dial()
+        elif self._redial_handle is None:
+            self._redial_handle = self.loop.call_at(self._redial.until, self._redial_due)
+
+    def _redial_due(self) -> None:
+        self._redial_handle = None
+        self._pump()
+
     def _dial(self) -> None:
         self._dial_task = self._tasks.spawn(self._connect(), name=f"dial {self.name}")
+        self._dial_started = self.loop.time()
+        self._dial_slow = False
+        if self._dial_watch is not None:
+            self._dial_watch.cancel()
+        self._dial_watch = self.loop.call_at(self._dial_started + self.dial_bound(), self._dial_overdue)
+
+    def _dial_overdue(self) -> None:
+        """The dial under way outlasted the dial bound: queries with a fallback stop waiting on it."""
+        self._dial_watch = None
+        if self._dial_task is None or self._closed:
+            return
+        self._dial_slow = True
+        now = self.loop.time()
+        for ticket in [t for t in self._queue if t.fallback]:
+            del self._queue[ticket]
+            self._hand_back(ticket, now)
+
+    def _stop_dial_watch(self) -> None:
+        self._dial_slow = False
+        if self._dial_watch is not None:
+            self._dial_watch.cancel()
+            self._dial_watch = None
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         self.stats.dials += 1
         conn = self.connection_class(self, loop)
         url = self.url
+        timeout = self._connect_timeout
+        started = loop.time()
         try:
             try:
-                async with asyncio.timeout(self.options.connect_timeout):
+                async with asyncio.timeout(timeout):
                     transport, _ = await loop.create_connection(
                         lambda: conn, url.host, url.port,
                         ssl=self.tls,
                         server_hostname=url.auth_name if self.tls is not None else None,
-                        ssl_handshake_timeout=self.options.connect_timeout if self.tls is not None else None,
+                        ssl_handshake_timeout=timeout if self.tls is not None else None,
                     )
             except TimeoutError as e:
-                raise ConnectionFailed(f"connecting timed out after {self.options.connect_timeout}s",
-                                       upstream=self.name) from e
+                raise ConnectionFailed(f"connecting timed out after {timeout:g}s", upstream=self.name) from e
             except ssl.SSLCertVerificationError as e:
                 raise TLSVerificationFailed(describe_tls_error(e), upstream=self.name) from e
             except ssl.SSLError as e:
@@ -692,6 +883,8 @@ class PooledUpstream(Upstream):
             if self._closed:
                 transport.abort()
                 return
+            took = loop.time() - started
+            self._dial_time = took if self._dial_time < 0 else 0.75 * self._dial_time + 0.25 * took
             conn.start()
             self._conns.append(conn)
             self.stats.connections_open += 1
@@ -703,6 +896,7 @@ class PooledUpstream(Upstream):
         finally:
             if self._dial_task is asyncio.current_task():  # not a dial cancelled by a network change
                 self._dial_task = None
+                self._stop_dial_watch()
                 self._pump()
 
     def check_session(self, transport: asyncio.Transport) -> None:
@@ -714,6 +908,34 @@ class PooledUpstream(Upstream):
             self._closing.add(conn)
             self.stats.connections_open -= 1  # it serves no new query from now on
             self._pump()
+
+    def _served(self, conn: PooledConnection) -> None:
+        """``conn`` answered its first query: it works (keep its TLS session for resumption)."""
+        self._redial.succeeded()
+        if self.tls is not None:
+            ssl_object = conn.transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                self.tls.remember(ssl_object)
+
+    def _ended(self, conn: PooledConnection, reason: str, unanswered: int, exc: Exception | None) -> None:
+        """``conn`` is gone: count why, and hold back re-dialling if connections die before serving."""
+        stats = self.stats
+        setattr(stats, "closed_" + reason, getattr(stats, "closed_" + reason) + 1)
+        if exc is not None:
+            log.debug("%s: connection ended (%s: %s) with %d unanswered", self.name, reason, exc, unanswered)
+        else:
+            log.debug("%s: connection ended (%s) with %d unanswered", self.name, reason, unanswered)
+        if unanswered and not conn._served and reason in ("by_server", "reset", "silence", "broken"):
+            self._redial.failed(self.loop.time(), ConnectionFailed(f"connection ended ({reason}) before an answer",
+                                                                   upstream=self.name))
+        if unanswered and conn.answers and reason in ("by_server", "reset"):
+            budget = conn.answers if conn.answers > MIN_BUDGET else MIN_BUDGET
+            if budget != self._budget:
+                log.info("%s: the server closed a connection after %d answers with %d queries unanswered: "
+                         "%d queries per connection from now on", self.name, conn.answers, unanswered, budget)
+            self._budget = budget
+        elif reason == "budget" and self._budget:
+            self._budget += self._budget // 8 + 1  # it held: try a little more next time
 
     def _forget(self, conn: PooledConnection) -> None:
         if conn in self._conns:

@@ -75,6 +75,7 @@ class StreamConnection(PooledConnection):
 
     def cancelled(self) -> None:
         if self.core.orphans > self.pool.options.max_orphans:
+            self.end_as("orphans")
             self.retire()
 
 
