@@ -44,6 +44,7 @@ cdef class StreamClient:
     @cython.locals(buf=bytearray, off=Py_ssize_t, n=Py_ssize_t, length=Py_ssize_t, end=Py_ssize_t, rest=Py_ssize_t)
     cpdef list buffer_updated(self, Py_ssize_t nbytes, double now)
     cpdef send_query(self, data, double now, Query query=*)
+    cpdef list frames_to_send(self)
     @cython.locals(pending=_Pending, units=int)
     cpdef _answer(self, bytearray data, Py_ssize_t start, Py_ssize_t end, double now, list events)
     cpdef _unmatched(self, message, list events)

@@ -151,6 +151,14 @@ class StreamClient:
         self._out.clear()
         return out
 
+    def frames_to_send(self) -> list[bytes]:
+        """The messages queued since the last call, one framed DNS message each (for a TLS
+        transport's ``writelines``: one record per message)."""
+        out = self._out
+        if out:
+            self._out = []
+        return out
+
     def connection_lost(self) -> list[int]:
         """The connection ended: forget everything; return the query IDs that got no answer."""
         lost = list(self._pending)

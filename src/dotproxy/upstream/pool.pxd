@@ -46,6 +46,7 @@ cdef class PooledConnection:
     cpdef double last_heard(self) except? -1.0
     cpdef schedule_flush(self)
     cpdef _flush(self)
+    cpdef bint write_pending(self) except -1
 
 
 cdef class Ticket(DeadlineEntry):  # no freelist: a subtype cannot have one
@@ -107,5 +108,7 @@ cdef class PooledUpstream(Upstream):
     @cython.locals(conn=PooledConnection)
     cpdef _place(self, Ticket ticket, double now)
     cpdef _submit_on(self, PooledConnection conn, Ticket ticket, double now)
+    @cython.locals(ticket=Ticket)
+    cpdef _resend_all(self, list tickets, str detail)
     @cython.locals(ticket=Ticket, conn=PooledConnection, now=double)
     cpdef _pump(self)

@@ -187,8 +187,8 @@ class PooledConnection:
             detail = "connection closed by the server"
         else:
             detail = f"connection ended ({reason.replace('_', ' ')})"
-        for ticket in waiters.values():
-            ticket.failed(Resend(detail))
+        if waiters:
+            self.pool._resend_all(list(waiters.values()), detail)
         if not self.closed.done():
             self.closed.set_result(None)
         self.pool._forget(self)
@@ -363,14 +363,20 @@ class PooledConnection:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        data = self.core.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)  # its segment carries the ACK of what we read
-            self._ack_due = False
+        if self.transport is not None and not self.transport.is_closing() and self.write_pending():
+            self._ack_due = False  # its segment carries the ACK of what we read
         elif self._ack_due:
             self._ack_due = False
             if self.waiters:
                 self.ack_now()
+
+    def write_pending(self) -> bool:
+        """Write what the core has queued, in one write; return whether there was anything."""
+        data = self.core.data_to_send()
+        if data:
+            self.transport.write(data)
+            return True
+        return False
 
     def _idle_check(self) -> None:
         self._idle_handle = None
@@ -807,6 +813,24 @@ class PooledUpstream(Upstream):
             ticket.moves += 1
         self.stats.retries += 1
         self._place(ticket, self.loop.time())
+
+    def _resend_all(self, tickets: list, detail: str) -> None:
+        """The queries of a connection that ended unanswered: re-sent (or failed, past the cap)
+        before the queries queued after them, which have waited less (a re-send that always
+        queued last would land in the part of the next connection that a server closing after N
+        queries never answers)."""
+        queue = self._queue
+        later = list(queue)
+        queue.clear()
+        for ticket in tickets:
+            ticket.conn = None
+            if not ticket.done:
+                self._resend(ticket, Resend(detail))
+        for ticket in later:
+            if not ticket.done:  # one of the re-sent queries' callers may have cancelled it
+                queue[ticket] = None
+        if later:
+            self._pump()
 
     def _dial_when_due(self, now: float) -> None:
         """Dial now, or when re-dialling is no longer held back (queued queries wait for it)."""

@@ -10,6 +10,7 @@ cdef class StreamConnection(PooledConnection):
     cdef public StreamClient _stream  # self.core, typed
 
     cpdef send_query(self, Ticket ticket, double now)
+    cpdef bint write_pending(self) except -1
     @cython.locals(now=double)
     cpdef buffer_updated(self, Py_ssize_t nbytes)
     @cython.locals(now=double)
