@@ -28,6 +28,7 @@ TWIN_SUITE = (
     "tests/upstream/test_dot_core.py",
     "tests/upstream/test_deadlines.py",
     "tests/upstream/test_connection_loss.py",
+    "tests/interop/test_interop.py::test_bursts_then_silence",
     "tests/upstream/test_doh_core.py",
     "tests/upstream/test_doh_frames.py",
     "tests/upstream/test_doh_hpack.py",
