@@ -113,6 +113,17 @@ def test_all_queries_of_one_pull_go_in_one_write():
     assert len(frames(c.data_to_send())) == 50
 
 
+def test_frames_to_send_gives_one_framed_message_per_item_probes_included():
+    """What a TLS transport's writelines turns into a record each (dnsdist 1.7 reads one query per record)."""
+    c = StreamClient()
+    c.send_probe(0.0)
+    for i in range(3):
+        c.send_query(make_query(f"r{i}.example"), 0.0)
+    out = c.frames_to_send()
+    assert len(out) == 4 and all(frames(item) == [item[2:]] for item in out)
+    assert c.frames_to_send() == [] and c.data_to_send() == b""  # pulled once
+
+
 # --------------------------------------------------------------------------- answers
 
 
