@@ -114,7 +114,7 @@ def test_all_queries_of_one_pull_go_in_one_write():
 
 
 def test_frames_to_send_gives_one_framed_message_per_item_probes_included():
-    """What a TLS transport's writelines turns into a record each (dnsdist 1.7 reads one query per record)."""
+    """What the connection hands a TLS transport's writelines (see StreamConnection.write_pending)."""
     c = StreamClient()
     c.send_probe(0.0)
     for i in range(3):
