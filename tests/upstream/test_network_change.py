@@ -12,36 +12,18 @@ a new socket even when the old one was busy. Under asyncio and uvloop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
-from upstream_support import check_answer, client, make_query, no_leaks, now, serve
+from upstream_support import check_answer, client, make_query, now, serve, through_relay
 
-from dotproxy.testing import Faults, TcpRelay
-from dotproxy.upstream import connect
-
-
-@contextlib.asynccontextmanager
-async def through_path(up, scheme: str, **options):
-    """A client of ``up`` through a :class:`TcpRelay`: yields ``(client, path)``; afterwards
-    nothing of either is left."""
-    target = up.dot_address if scheme == "dot" else up.doh_address
-    async with no_leaks(up):
-        async with TcpRelay(target) as path:
-            url = (f"tls://127.0.0.1:{path.port}#dns.test" if scheme == "dot"
-                   else f"https://127.0.0.1:{path.port}/dns-query")
-            c = connect(url, ca_file=up.ca_file, **options)
-            try:
-                yield c, path
-            finally:
-                await c.aclose()
+from dotproxy.testing import Faults
 
 
 @pytest.mark.parametrize("scheme", ["dot", "doh"])
 def test_a_dial_stuck_on_the_old_path_is_abandoned_and_queued_queries_dial_afresh(run, scheme):
     async def main():
-        async with serve() as up, through_path(up, scheme, connect_timeout=5.0) as (c, path):
+        async with serve() as up, through_relay(up, scheme, connect_timeout=5.0) as (c, path):
             path.blackhole_new = True
             q = make_query("stuck.example", id=7)
             asked = now()
@@ -59,7 +41,7 @@ def test_a_dial_stuck_on_the_old_path_is_abandoned_and_queued_queries_dial_afres
 def test_a_busy_connection_that_spoke_just_before_the_change_is_still_checked_afresh(run):
     async def main():
         options = dict(quiet_after=0.05, liveness_min=1.0, liveness_max=1.0)
-        async with serve(faults=Faults(latency=0.2)) as up, through_path(up, "dot", **options) as (c, path):
+        async with serve(faults=Faults(latency=0.2)) as up, through_relay(up, "dot", **options) as (c, path):
             await c.query(make_query("warm.example"), deadline=now() + 3)
             await asyncio.sleep(0.1)  # quiet: the next query arms the liveness check
             await c.query(make_query("q1.example"), deadline=now() + 3)  # spoke after arming

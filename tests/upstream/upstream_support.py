@@ -15,7 +15,7 @@ import dns.rdatatype
 from leaks import assert_nothing_left, fds, server_fds  # noqa: F401  (re-exported)
 from loop_fixtures import after, now, wait_until  # noqa: F401  (re-exported)
 
-from dotproxy.testing import ANSWER_A, ANSWER_AAAA, TestUpstream, default_answer
+from dotproxy.testing import ANSWER_A, ANSWER_AAAA, TcpRelay, TestUpstream, default_answer
 
 OPT_PADDING = 12
 OPT_KEEPALIVE = 11
@@ -203,11 +203,23 @@ async def client(server: TestUpstream, scheme: str = "dot", *, url: str | None =
         finally:
             await up.aclose()
 
+@contextlib.asynccontextmanager
+async def through_relay(server: TestUpstream, scheme: str, **options):
+    """A pooled client of ``server`` whose every connection passes a
+    :class:`~dotproxy.testing.TcpRelay` (a path that can go silent): yields ``(client, relay)``;
+    afterwards nothing of either is left."""
+    from dotproxy.upstream import connect
 
-
-
-
-
+    target = server.dot_address if scheme == "dot" else server.doh_address
+    async with no_leaks(server):
+        async with TcpRelay(target) as relay:
+            url = (f"tls://127.0.0.1:{relay.port}#dns.test" if scheme == "dot"
+                   else f"https://127.0.0.1:{relay.port}/dns-query")
+            up = connect(url, ca_file=server.ca_file, **options)
+            try:
+                yield up, relay
+            finally:
+                await up.aclose()
 
 
 class _TCPConnectionsAccepted:
