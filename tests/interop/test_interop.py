@@ -192,7 +192,7 @@ def _deltas(before: dict, after: dict) -> dict:
 
 # ------------------------------------------------------------------ bursts then silence
 
-BURST = 20  # queries submitted in one loop iteration (a page load): one socket write, a TLS record each
+BURST = 20  # queries submitted in one loop iteration (a page load): one socket write of two TLS records
 BURSTS = 5
 BURST_BOUND = 1.0  # seconds a burst may take on loopback (they take milliseconds when nothing stalls)
 
@@ -250,8 +250,9 @@ def test_bursts_then_silence(case, run, request):
 @pytest.mark.parametrize("options", [{"maxInFlight": 10}, {"maxInFlight": 100}], ids=["maxInFlight=10", "maxInFlight=100"])
 def test_bursts_against_dnsdist_taking_n_queries_at_once(options, run, interop_launcher):
     """dnsdist with ``maxInFlight`` (out of order, N at once) and a 1 s read timeout: a burst of
-    more queries than N still gets every answer at once (a record per query: the excess waits in
-    the socket, where dnsdist sees it, not in OpenSSL's buffer, where it would not)."""
+    more queries than N still gets every answer at once (the burst's last query travels in a
+    record of its own, which keeps the socket readable while the others wait in OpenSSL's
+    buffer: see StreamConnection.write_pending)."""
     server = interop_launcher.dnsdist(tls_options=options, extra_lua="setTCPRecvTimeout(1)")
     before = server.counters()
     durations, result = run(lambda: bursts(server.urls["dot"], server.ca_file), timeout=BURSTS * (DEADLINE + 2) + 10)

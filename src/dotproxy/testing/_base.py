@@ -458,6 +458,9 @@ class DNSStreamConnection(Connection):
         super().__init__(server, ssl_context)
         self.kind = kind
         self._buf = bytearray()
+        self._seq = 0  # queries numbered as they arrive (``in_order``)
+        self._next_out = 0  # the number of the next reply to write (``in_order``)
+        self._held: dict[int, bytes] = {}  # replies ready before an earlier one (``in_order``)
 
     def _feed(self, data: bytes) -> None:
         buf = self._buf
@@ -471,6 +474,9 @@ class DNSStreamConnection(Connection):
                 break
             if length == 0:
                 self._stats.protocol_errors += 1
+            elif self._server.faults.in_order:
+                self._seq += 1
+                self._query(bytes(buf[off + 2 : end]), self._seq)
             else:
                 self._query(bytes(buf[off + 2 : end]))
             off = end
@@ -483,6 +489,25 @@ class DNSStreamConnection(Connection):
     def _send_reply(self, ctx: Any, response: bytes) -> bool:
         if len(response) > 0xFFFF:
             self._stats.answer_errors += 1
+            if ctx is not None:
+                self._in_order(ctx, b"")
             return False
-        self._write(len(response).to_bytes(2, "big") + response)
+        frame = len(response).to_bytes(2, "big") + response
+        if ctx is None:
+            self._write(frame)
+        else:
+            self._in_order(ctx, frame)
         return True
+
+    def _no_reply(self, ctx: Any) -> None:
+        if ctx is not None:
+            self._in_order(ctx, b"")
+
+    def _in_order(self, seq: int, frame: bytes) -> None:
+        """Write the replies that are ready and have no earlier one still pending (b"": none)."""
+        self._held[seq] = frame
+        while self._next_out + 1 in self._held:
+            self._next_out += 1
+            frame = self._held.pop(self._next_out)
+            if frame:
+                self._write(frame)

@@ -42,6 +42,9 @@ class Faults:
     * ``reorder``: replies are held for ``reorder_window`` seconds and each batch is
       written in reverse order (DoH: the streams of a batch are answered in reverse).
     * ``close_after``: the server closes the connection (FIN) after writing N replies.
+    * ``in_order`` (TCP, DoT): replies leave in the order their queries came, as from a
+      server that serves a connection one query at a time (dnsdist's DoT default): a slow
+      answer holds back every later one, a probe's included.
     * ``idle_close``: the server closes the connection (FIN) after T seconds without
       a query (read when a connection opens and at each query).
       On DoH both closes are a bare TLS close, without GOAWAY (``goaway_after`` is
@@ -84,6 +87,7 @@ class Faults:
     http_status_rate: float = 1.0
     truncate_udp: bool = False
     answer_probes: bool = False
+    in_order: bool = False
 
     def reset(self) -> None:
         """Turn every fault off again."""

@@ -427,15 +427,15 @@ class TestUpstream:
         stats.queries[kind] += 1
         if faults.answer_probes and query[12:17] == _ROOT_NS_QUESTION:
             stats.probes_answered += 1
-            self._finish(kind, self._call_answer(query), deliver)
-            return
-        if faults.stall or (faults.drop and random.random() < faults.drop):
+            delay = 0.0
+        elif faults.stall or (faults.drop and random.random() < faults.drop):
             stats.queries_dropped += 1
             deliver(None)
             return
-        delay = faults.latency
-        if faults.jitter:
-            delay += random.uniform(0.0, faults.jitter)
+        else:
+            delay = faults.latency
+            if faults.jitter:
+                delay += random.uniform(0.0, faults.jitter)
         result = self._call_answer(query)
         if result is not None and not isinstance(result, bytes):
             if isinstance(result, (bytearray, memoryview)):

@@ -21,10 +21,12 @@ cdef class UpstreamStats:
     cdef public Py_ssize_t liveness_failures
     cdef public Py_ssize_t probes
     cdef public Py_ssize_t dial_waits_abandoned
+    cdef public Py_ssize_t drained_stuck
     cdef public Py_ssize_t closed_idle
     cdef public Py_ssize_t closed_by_server
     cdef public Py_ssize_t closed_reset
     cdef public Py_ssize_t closed_silence
+    cdef public Py_ssize_t closed_stuck
     cdef public Py_ssize_t closed_goaway
     cdef public Py_ssize_t closed_network_change
     cdef public Py_ssize_t closed_orphans

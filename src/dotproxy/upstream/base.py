@@ -89,6 +89,11 @@ class UpstreamOptions:
                               where=where)
         if opts.timeout <= 0 or opts.connect_timeout <= 0 or opts.idle_timeout <= 0:
             raise ConfigError("timeouts must be positive", where=where)
+        if not 0 < opts.liveness_min <= opts.liveness_max or opts.quiet_after <= 0:
+            raise ConfigError("liveness_min must be positive and at most liveness_max, quiet_after positive",
+                              where=where)
+        if not 0 < opts.backoff_min <= opts.backoff_max:
+            raise ConfigError("backoff_min must be positive and at most backoff_max", where=where)
         if not 0 <= opts.max_resends <= 100:
             raise ConfigError(f"max_resends must be 0..100, not {opts.max_resends}", where=where)
         return opts
@@ -126,11 +131,13 @@ class UpstreamStats:
         "liveness_failures",  # connections found dead by silence (reused, or busy and unanswering)
         "probes",  # signs of life asked for (DoT: ". NS"; DoH: PING)
         "dial_waits_abandoned",  # queries passed on to the next upstream while a dial went on
+        "drained_stuck",  # silent connections drained, not replaced, as another one answered (in-order server)
         # Why connections ended (one count each; see PooledConnection.end):
         "closed_idle",  # idle too long: we closed it
         "closed_by_server",  # EOF or TLS close_notify from the server
         "closed_reset",  # an error on the socket (RST, ...)
         "closed_silence",  # silent past the liveness bound: retired
+        "closed_stuck",  # silent after a probe while another connection answered: drained, then closed
         "closed_goaway",  # HTTP/2 GOAWAY
         "closed_network_change",  # suspect after a wake or network change
         "closed_orphans",  # too many cancelled queries never answered

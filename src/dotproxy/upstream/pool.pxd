@@ -26,6 +26,7 @@ cdef class PooledConnection:
     cdef public bint _served
     cdef public Py_ssize_t sent
     cdef public Py_ssize_t answers
+    cdef public double started_at
     cdef public bint _close_started
     cdef public int _fd
     cdef public bint _ack_due
@@ -98,6 +99,7 @@ cdef class PooledUpstream(Upstream):
     cdef public Backoff _redial
     cdef public object _redial_handle
     cdef public Py_ssize_t _budget
+    cdef public Py_ssize_t _budget_seen
 
     cpdef submit_parsed(self, data, query, double deadline, callback, double now=*, bint fallback=*)
     cpdef capacity(self, PooledConnection conn)

@@ -16,11 +16,15 @@ connection within their deadlines, up to ``max_resends`` times each; a query the
 server answered (even with an error) is never re-sent.
 
 Some servers close a connection after so many queries with more pipelined behind
-(a per-connection query limit, or worse: the rest are lost in a reset). When a
-connection ends under queries after answering k, later connections are given k
-queries each (the budget) and then retire politely while a fresh one takes over;
-a connection that used its budget without loss raises it by an eighth, so that a
-limit that was a one-off does not stay.
+(a per-connection query limit, or worse: the rest are lost in a reset). When busy
+connections end twice under queries after about k answers, later connections are
+given k queries each (the budget) and then retire politely while a successor is
+dialled; a network change forgets it.
+
+An in-order server (dnsdist's default) answers a probe only after the slow answer
+ahead of it, so silence after a probe proves little while another connection to
+the same server, open all along, keeps answering: such a connection is drained
+(no new queries, its own stay) rather than replaced.
 
 A query that another upstream could take (``fallback``) never waits on a dial
 longer than the dial bound (about three handshake times, 1 s while none was
@@ -48,8 +52,8 @@ log = logging.getLogger("dotproxy.upstream")
 
 
 #: Why a connection ended, as counted in ``UpstreamStats.closed_<reason>``.
-END_REASONS = ("idle", "by_server", "reset", "silence", "goaway", "network_change", "orphans", "broken",
-               "budget", "shutdown")
+END_REASONS = ("idle", "by_server", "reset", "silence", "stuck", "goaway", "network_change", "orphans",
+               "broken", "budget", "shutdown")
 
 #: The fewest queries a connection is given when the server is found to close connections after so many.
 MIN_BUDGET = 10
@@ -118,7 +122,8 @@ class PooledConnection:
         self._watch_from = 0.0  # when the watchdog started counting silence
         self.end_reason: str | None = None  # why we ended it; None: the server or the network did
         self._served = False  # it answered a query: a working connection, not one that dies at once
-        self.sent = 0  # queries sent on it
+        self.sent = 0  # queries sent on it (probes included: the server counts them too)
+        self.started_at = 0.0  # when its handshake completed
         self.answers = 0  # answers received on it
         self._close_started = False
         self._fd = -1  # the socket's, for TCP_QUICKACK where the system has it
@@ -187,11 +192,12 @@ class PooledConnection:
             detail = "connection closed by the server"
         else:
             detail = f"connection ended ({reason.replace('_', ' ')})"
-        if waiters:
-            self.pool._resend_all(list(waiters.values()), detail)
         if not self.closed.done():
             self.closed.set_result(None)
+        # Out of the pool first: its re-sends must not find it still taking room (and drop an idle one for it).
         self.pool._forget(self)
+        if waiters:
+            self.pool._resend_all(list(waiters.values()), detail)
 
     def end_as(self, reason: str) -> None:
         """Say why this connection is being ended (the first reason given stands)."""
@@ -203,7 +209,7 @@ class PooledConnection:
     def start(self) -> None:
         """The handshake is done: take queries, watch idleness."""
         self.ready = True
-        self.last_activity = self.loop.time()
+        self.last_activity = self.started_at = self.loop.time()
         self._idle_handle = self.loop.call_at(self.last_activity + self.idle_timeout, self._idle_check)
 
     @property
@@ -252,7 +258,7 @@ class PooledConnection:
         """Book-keeping after a read that completed queries."""
         self.last_activity = now
         pool = self.pool
-        if not self._served:
+        if not self._served and self.answers:  # a real answer (not a GOAWAY or an HTTP error)
             self._served = True
             pool._served(self)
         if self.draining and not self.waiters:
@@ -290,7 +296,8 @@ class PooledConnection:
         must show a sign of life within the liveness bound, or its queries move once."""
         if self._close_started:
             return
-        self.end_as("network_change")
+        if self.end_reason is None or self.end_reason == "budget":
+            self.end_reason = "network_change"
         if not self.waiters:
             self.ready = False
             self.pool._closing_started(self)
@@ -309,6 +316,7 @@ class PooledConnection:
         self._liveness_armed_at = now
         self._liveness_handle = self.loop.call_at(now + self.pool.liveness_bound(), self._liveness_check)
         self.pool.stats.probes += 1
+        self.sent += 1
         self.probe(now)
 
     def _arm_watchdog(self, now: float) -> None:
@@ -427,9 +435,22 @@ class PooledConnection:
             return  # it spoke
         # Silent even if every query on it was cancelled meanwhile (a hedging caller
         # moved on): it was asked and did not answer, so later queries must not go there.
+        now = self.loop.time()
+        if self.waiters and self.last_heard() >= self._watch_from and self.pool._heard_beside(self, now):
+            # The server answers on a connection that was open all along this one's silence: the path
+            # works, so this one is more likely stuck behind a slow answer at an in-order server (a
+            # probe cannot overtake it there) than dead. Its queries stay; it takes no new ones.
+            log.info("%s: a busy connection stayed silent for %.2fs after a probe while another answers: "
+                     "draining it (%d queries wait on it)", self.pool.name, now - self._liveness_armed_at,
+                     len(self.waiters))
+            self.pool.stats.drained_stuck += 1
+            if not self.draining:
+                self.end_as("stuck")
+                self.retire()
+            return
         self.pool.stats.liveness_failures += 1
         log.info("%s: a connection stayed silent for %.2fs after a probe: replacing it (%d queries move)",
-                 self.pool.name, self.loop.time() - self._liveness_armed_at, len(self.waiters))
+                 self.pool.name, now - self._liveness_armed_at, len(self.waiters))
         self.end_reason = "silence"  # whatever was said before: it is silence that ends it
         self.ready = False
         self.abort()
@@ -566,6 +587,7 @@ class PooledUpstream(Upstream):
         self._redial = Backoff(options.backoff_min, options.backoff_max)
         self._redial_handle: asyncio.TimerHandle | None = None
         self._budget = 0  # queries per connection before it retires (0: no limit known)
+        self._budget_seen = 0  # answers before the last close that looked like a limit (0: none yet)
         self._tasks = TaskOwner(f"upstream {self.name}")
         self.loop: asyncio.AbstractEventLoop | None = None
         self._deadlines: Deadlines | None = None  # every ticket not yet finished, made with the loop
@@ -656,6 +678,7 @@ class PooledUpstream(Upstream):
         # may be stuck on it: cancel it, so that queued queries dial afresh at once.
         self._backoff.succeeded()
         self._redial.succeeded()
+        self._budget = self._budget_seen = 0  # the new path may lead to another server
         self._stop_dial_watch()
         if self._dial_task is not None and not self._dial_task.done():
             self._dial_task.cancel()
@@ -746,6 +769,8 @@ class PooledUpstream(Upstream):
         if self._budget and conn.sent >= self._budget:
             conn.end_as("budget")  # the server would close it with the next ones unanswered
             conn.retire()
+            if self._dial_task is None and len(self._conns) < self._pool_size and self._backoff.blocking(now) is None:
+                self._dial()  # its successor, before a query has to wait for one
 
     def _pump(self) -> None:
         """Place queued tickets while connections have room; dial, or fail them, when none has."""
@@ -859,8 +884,9 @@ class PooledUpstream(Upstream):
         self._dial_slow = True
         now = self.loop.time()
         for ticket in [t for t in self._queue if t.fallback]:
-            del self._queue[ticket]
-            self._hand_back(ticket, now)
+            # A caller's callback (run by an earlier hand-back) may have cancelled this one meanwhile.
+            if self._queue.pop(ticket, 0) is None and not ticket.done:
+                self._hand_back(ticket, now)
 
     def _stop_dial_watch(self) -> None:
         self._dial_slow = False
@@ -933,6 +959,16 @@ class PooledUpstream(Upstream):
             self.stats.connections_open -= 1  # it serves no new query from now on
             self._pump()
 
+    def _heard_beside(self, conn: PooledConnection, now: float) -> bool:
+        """Whether another connection, open since before ``conn`` went quiet, was heard within the
+        liveness bound: the path to the server and the server work."""
+        quiet_since = conn.last_heard()
+        bound = self.liveness_bound()
+        for other in self._conns:
+            if other is not conn and 0 < other.started_at <= quiet_since and now - other.last_heard() < bound:
+                return True
+        return False
+
     def _served(self, conn: PooledConnection) -> None:
         """``conn`` answered its first query: it works (keep its TLS session for resumption)."""
         self._redial.succeeded()
@@ -949,17 +985,31 @@ class PooledUpstream(Upstream):
             log.debug("%s: connection ended (%s: %s) with %d unanswered", self.name, reason, exc, unanswered)
         else:
             log.debug("%s: connection ended (%s) with %d unanswered", self.name, reason, unanswered)
-        if unanswered and not conn._served and reason in ("by_server", "reset", "silence", "broken"):
-            self._redial.failed(self.loop.time(), ConnectionFailed(f"connection ended ({reason}) before an answer",
-                                                                   upstream=self.name))
-        if unanswered and conn.answers and reason in ("by_server", "reset"):
-            budget = conn.answers if conn.answers > MIN_BUDGET else MIN_BUDGET
-            if budget != self._budget:
-                log.info("%s: the server closed a connection after %d answers with %d queries unanswered: "
-                         "%d queries per connection from now on", self.name, conn.answers, unanswered, budget)
+        now = self.loop.time()
+        if not conn._served and ((unanswered and reason in ("by_server", "reset", "silence", "broken"))
+                                 or reason == "goaway"):
+            self._redial.failed(now, ConnectionFailed(f"connection ended ({reason}) before an answer",
+                                                      upstream=self.name))
+        if (unanswered and conn.answers and reason in ("by_server", "reset")
+                and now - conn.last_activity < self._quiet_after):  # busy: not an idle close racing a query
+            self._learn_budget(conn.answers, unanswered)
+
+    def _learn_budget(self, answers: int, unanswered: int) -> None:
+        """A busy connection ended under queries after ``answers`` answers. Twice at about the same
+        count is a per-connection limit: from then on each connection gets that many queries, and
+        retires (a successor dialled) before the server would close it under more. Once is not
+        (a restart, a reset, a close that had another cause)."""
+        seen, self._budget_seen = self._budget_seen, answers
+        if not seen or abs(answers - seen) * 8 > seen:
+            return
+        budget = min(answers, seen)
+        if budget < MIN_BUDGET:
+            budget = MIN_BUDGET
+        if self._budget == 0 or budget < self._budget:
+            log.info("%s: the server closes connections after about %d answers with queries unanswered "
+                     "(%d this time): %d queries per connection from now on", self.name, answers, unanswered,
+                     budget)
             self._budget = budget
-        elif reason == "budget" and self._budget:
-            self._budget += self._budget // 8 + 1  # it held: try a little more next time
 
     def _forget(self, conn: PooledConnection) -> None:
         if conn in self._conns:
