@@ -264,3 +264,22 @@ def test_connect_rejects_a_missing_ca_file(tmp_path):
         connect("tls://127.0.0.1:853#dns.test", ca_file=missing)
     with pytest.raises(ConfigError, match="CA file"):
         connect("https://127.0.0.1:443/dns-query", ca_file=missing)
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"liveness_min": 0.0}, "liveness_min"),  # a zero bound would re-arm the silence watchdog without pause
+    ({"liveness_max": -1.0}, "liveness_max"),
+    ({"quiet_after": 0.0}, "quiet_after"),
+    ({"backoff_min": 0.0}, "backoff_min"),
+    ({"backoff_min": 5.0, "backoff_max": 1.0}, "backoff_max"),
+    ({"max_resends": -1}, "max_resends"),
+    ({"max_resends": 101}, "max_resends"),
+])
+def test_timer_and_resend_options_out_of_range_are_refused(options, words):
+    with pytest.raises(ConfigError, match=words):
+        UpstreamOptions.from_kwargs(options, where="t")
+
+
+def test_the_connect_timeout_default_is_within_the_query_deadline_default():
+    o = UpstreamOptions()
+    assert o.connect_timeout <= o.timeout and o.max_resends == 3

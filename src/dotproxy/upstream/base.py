@@ -89,9 +89,8 @@ class UpstreamOptions:
                               where=where)
         if opts.timeout <= 0 or opts.connect_timeout <= 0 or opts.idle_timeout <= 0:
             raise ConfigError("timeouts must be positive", where=where)
-        if not 0 < opts.liveness_min <= opts.liveness_max or opts.quiet_after <= 0:
-            raise ConfigError("liveness_min must be positive and at most liveness_max, quiet_after positive",
-                              where=where)
+        if opts.liveness_min <= 0 or opts.liveness_max <= 0 or opts.quiet_after <= 0:
+            raise ConfigError("liveness_min, liveness_max and quiet_after must be positive", where=where)
         if not 0 < opts.backoff_min <= opts.backoff_max:
             raise ConfigError("backoff_min must be positive and at most backoff_max", where=where)
         if not 0 <= opts.max_resends <= 100:
