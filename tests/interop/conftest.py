@@ -48,20 +48,22 @@ def unbound_server(interop_dir, interop_certs):
 
 
 @pytest.fixture(scope="session")
-def dnsdist_server(interop_dir, interop_certs, unbound_server):
-    """dnsdist 1.7 as Debian ships it: addTLSLocal/addDOHLocal with default options (in-order DoT)."""
-    server = _start(servers.start_dnsdist, os.path.join(interop_dir, "dnsdist"), interop_certs,
-                    unbound_server.ports["plain"])
-    yield server
-    server.stop()
+def session_launcher(interop_dir, interop_certs, unbound_server):
+    """Starts the forwarders shared by the whole session; stops them at its end."""
+    launcher = Launcher(interop_dir, interop_certs, unbound_server)
+    yield launcher
+    launcher.stop()
 
 
 @pytest.fixture(scope="session")
-def kresd_server(interop_dir, interop_certs, unbound_server):
-    server = _start(servers.start_kresd, os.path.join(interop_dir, "kresd"), interop_certs,
-                    unbound_server.ports["plain"])
-    yield server
-    server.stop()
+def dnsdist_server(session_launcher):
+    """dnsdist 1.7 as Debian ships it: addTLSLocal/addDOHLocal with default options (in-order DoT)."""
+    return session_launcher.dnsdist()
+
+
+@pytest.fixture(scope="session")
+def kresd_server(session_launcher):
+    return session_launcher.kresd()
 
 
 class Launcher:

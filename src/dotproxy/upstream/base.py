@@ -131,7 +131,7 @@ class UpstreamStats:
         "probes",  # signs of life asked for (DoT: ". NS"; DoH: PING)
         "dial_waits_abandoned",  # queries passed on to the next upstream while a dial went on
         "drained_stuck",  # silent connections drained, not replaced, as another one answered (in-order server)
-        # Why connections ended (one count each; see PooledConnection.end):
+        # Why connections ended (one count each; see PooledConnection.end_as and connection_lost):
         "closed_idle",  # idle too long: we closed it
         "closed_by_server",  # EOF or TLS close_notify from the server
         "closed_reset",  # an error on the socket (RST, ...)

@@ -23,7 +23,6 @@ cdef class PooledConnection:
     cdef public object _watchdog_handle
     cdef public double _watch_from
     cdef public object end_reason
-    cdef public bint _served
     cdef public Py_ssize_t sent
     cdef public Py_ssize_t answers
     cdef public double started_at

@@ -51,10 +51,6 @@ from dotproxy.udpbatch import quickack
 log = logging.getLogger("dotproxy.upstream")
 
 
-#: Why a connection ended, as counted in ``UpstreamStats.closed_<reason>``.
-END_REASONS = ("idle", "by_server", "reset", "silence", "stuck", "goaway", "network_change", "orphans",
-               "broken", "budget", "shutdown")
-
 #: The fewest queries a connection is given when the server is found to close connections after so many.
 MIN_BUDGET = 10
 
@@ -121,10 +117,9 @@ class PooledConnection:
         self._watchdog_handle: asyncio.TimerHandle | None = None
         self._watch_from = 0.0  # when the watchdog started counting silence
         self.end_reason: str | None = None  # why we ended it; None: the server or the network did
-        self._served = False  # it answered a query: a working connection, not one that dies at once
         self.sent = 0  # queries sent on it (probes included: the server counts them too)
         self.started_at = 0.0  # when its handshake completed
-        self.answers = 0  # answers received on it
+        self.answers = 0  # answers received on it (none: a connection that dies at once, or never worked)
         self._close_started = False
         self._fd = -1  # the socket's, for TCP_QUICKACK where the system has it
         self._ack_due = False  # a read left answers outstanding: acknowledge it this iteration
@@ -258,9 +253,6 @@ class PooledConnection:
         """Book-keeping after a read that completed queries."""
         self.last_activity = now
         pool = self.pool
-        if not self._served and self.answers:  # a real answer (not a GOAWAY or an HTTP error)
-            self._served = True
-            pool._served(self)
         if self.draining and not self.waiters:
             self.close()
         else:
@@ -268,6 +260,8 @@ class PooledConnection:
 
     def resolve(self, query_id: int, data: bytes) -> None:
         self.answers += 1
+        if self.answers == 1:  # a real answer (not a GOAWAY or an HTTP error): it works
+            self.pool._served(self)
         ticket = self.waiters.pop(query_id, None)
         if ticket is not None:
             ticket.answered(data)
@@ -848,9 +842,7 @@ class PooledUpstream(Upstream):
         later = list(queue)
         queue.clear()
         for ticket in tickets:
-            ticket.conn = None
-            if not ticket.done:
-                self._resend(ticket, Resend(detail))
+            ticket.failed(Resend(detail))
         for ticket in later:
             if not ticket.done:  # one of the re-sent queries' callers may have cancelled it
                 queue[ticket] = None
@@ -986,7 +978,7 @@ class PooledUpstream(Upstream):
         else:
             log.debug("%s: connection ended (%s) with %d unanswered", self.name, reason, unanswered)
         now = self.loop.time()
-        if not conn._served and ((unanswered and reason in ("by_server", "reset", "silence", "broken"))
+        if not conn.answers and ((unanswered and reason in ("by_server", "reset", "silence", "broken"))
                                  or reason == "goaway"):
             self._redial.failed(now, ConnectionFailed(f"connection ended ({reason}) before an answer",
                                                       upstream=self.name))
